@@ -39,9 +39,9 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 15.0) -> None:
 class Server:
     """One running ringcast process."""
 
-    def __init__(self, backend: str, args, env=None, log_path=None, wait=True):
+    def __init__(self, backend: str, args, env=None, log_path=None, wait=True, port=None):
         self.backend = backend
-        self.port = free_port()
+        self.port = port or free_port()
         self.args = [BIN, "--listen", f"127.0.0.1:{self.port}", "--backend", backend, *args]
         full_env = dict(os.environ)
         full_env.setdefault("RUST_BACKTRACE", "1")
@@ -87,11 +87,14 @@ def backend(request) -> str:
 
 @pytest.fixture
 def ringcast(backend, tmp_path):
-    """Factory: ringcast(*extra_args, env=None) -> Server. Processes are killed after the test."""
+    """Factory: ringcast(*extra_args, env=None, wait=True, port=None) -> Server.
+    Processes are killed after the test."""
     started = []
 
-    def start(*args, env=None, wait=True):
-        srv = Server(backend, list(args), env=env, log_path=tmp_path / f"ringcast-{len(started)}.log", wait=wait)
+    def start(*args, env=None, wait=True, port=None):
+        srv = Server(
+            backend, list(args), env=env, log_path=tmp_path / f"ringcast-{len(started)}.log", wait=wait, port=port
+        )
         started.append(srv)
         return srv
 

@@ -1,1 +1,40 @@
-//! ringcast
+//! ringcast: a WebSocket event server for Linux.
+//!
+//! Build a [`Server`] from handlers (`on_open`, `on_message`, `on_close`,
+//! optionally `on_request` for plain HTTP) and act through [`Ctx`]: `push`
+//! to any connection, `broadcast`, `subscribe`/`publish` on topics, `close`.
+//! Each connection lives on one shard (an event-loop thread) for its whole
+//! life and its handlers run there, so per-connection data needs no locks.
+//!
+//! Module map (each concern in one place):
+//!
+//! - [`api`](crate::Server): the public types: `Server`, `Ctx`, `Message`, `Frame`, `Response`.
+//! - `shard`: the per-shard reactor handler: handshake, frames, limits, timers.
+//! - `pubsub`: topics and chat rooms: owner shard, ordering, fan-out.
+//! - `chat`: the `/chat` JSON protocol.
+//! - `routes`: the binary's routes (`/`, `/chat`, `/echo`, `/broadcast`, ...).
+//! - `config`: flags and the TOML file. `limits`: connection counting.
+//! - `run`, `signals`, `logging`, `cli`: process plumbing.
+//! - `metrics`, `systemd`, `page`: Prometheus, sd_notify, the chat page.
+
+mod api;
+pub mod backplane;
+mod chat;
+pub mod cli;
+pub mod config;
+mod id;
+mod limits;
+pub mod logging;
+pub mod metrics;
+mod page;
+mod pubsub;
+pub mod routes;
+mod run;
+mod shard;
+mod signals;
+pub mod systemd;
+
+pub use api::{Ctx, Frame, Message, Request, Response, Running, Server, ServerHandle};
+pub use config::Settings;
+pub use id::ConnId;
+pub use ringcast_reactor::{io_uring_support, BackendChoice};

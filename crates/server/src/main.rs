@@ -1,1 +1,5 @@
-fn main() { eprintln!("ringcast: server not built yet"); std::process::exit(1) }
+//! `ringcast`: the WebSocket event server. See `ringcast --help` and docs/server.md.
+
+fn main() -> std::process::ExitCode {
+    ringcast::cli::main()
+}

@@ -1,0 +1,98 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::ops::ControlFlow;
+
+use ringcast_codec::{
+    encode_client_frame, encode_header, Decoder, DecoderConfig, Message, OpCode, ProtocolError,
+    Role, MAX_HEADER_LEN,
+};
+
+/// An owned copy of a [`Message`], so tests can collect and compare.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owned {
+    Text(String),
+    Binary(Vec<u8>),
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+    Close(Option<(u16, String)>),
+}
+
+impl From<Message<'_>> for Owned {
+    fn from(m: Message<'_>) -> Self {
+        match m {
+            Message::Text(s) => Owned::Text(s.to_owned()),
+            Message::Binary(b) => Owned::Binary(b.to_vec()),
+            Message::Ping(b) => Owned::Ping(b.to_vec()),
+            Message::Pong(b) => Owned::Pong(b.to_vec()),
+            Message::Close(c) => Owned::Close(c.map(|c| (c.code, c.reason.to_owned()))),
+        }
+    }
+}
+
+pub fn server() -> Decoder {
+    Decoder::new(DecoderConfig::default())
+}
+
+pub fn client() -> Decoder {
+    Decoder::new(DecoderConfig {
+        role: Role::Client,
+        ..DecoderConfig::default()
+    })
+}
+
+/// Feeds `bytes` as one chunk and collects what comes out.
+pub fn feed(dec: &mut Decoder, bytes: &[u8]) -> (Vec<Owned>, Result<(), ProtocolError>) {
+    let mut chunk = bytes.to_vec();
+    let mut out = Vec::new();
+    let r = dec.decode(&mut chunk, |m| {
+        out.push(Owned::from(m));
+        ControlFlow::Continue(())
+    });
+    (out, r)
+}
+
+/// Feeds `bytes` in the given chunk sizes (cycled), collecting everything
+/// until the first error.
+pub fn feed_split(
+    dec: &mut Decoder,
+    bytes: &[u8],
+    sizes: &[usize],
+) -> (Vec<Owned>, Result<(), ProtocolError>) {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    let mut i = 0;
+    while pos < bytes.len() {
+        let n = sizes[i % sizes.len()].max(1).min(bytes.len() - pos);
+        i += 1;
+        let (m, r) = feed(dec, &bytes[pos..pos + n]);
+        out.extend(m);
+        if r.is_err() {
+            return (out, r);
+        }
+        pos += n;
+    }
+    (out, Ok(()))
+}
+
+/// A masked (client-role) frame with explicit header bits.
+pub fn masked(b0: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let fin = b0 & 0x80 != 0;
+    let op = OpCode::from_u8(b0 & 0x0F).unwrap_or(OpCode::Binary);
+    encode_client_frame(&mut out, fin, op, payload, key);
+    out[0] = b0;
+    out
+}
+
+/// An unmasked (server-role) frame with explicit first byte.
+pub fn unmasked(b0: u8, payload: &[u8]) -> Vec<u8> {
+    let mut h = [0u8; MAX_HEADER_LEN];
+    let n = encode_header(&mut h, true, OpCode::Binary, payload.len() as u64, None);
+    h[0] = b0;
+    let mut out = h[..n].to_vec();
+    out.extend_from_slice(payload);
+    out
+}
+
+pub const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];

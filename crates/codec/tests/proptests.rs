@@ -1,0 +1,243 @@
+//! Property tests: client→server round trips under arbitrary chunking, every
+//! unmask variant against the byte-at-a-time reference, the streaming UTF-8
+//! validator against `std`, and the request parser under arbitrary splits.
+
+mod common;
+
+use common::*;
+use proptest::prelude::*;
+use ringcast_codec::mask::variants;
+use ringcast_codec::{
+    encode_client_frame, Decoder, DecoderConfig, MaskGen, OpCode, RequestParser, Utf8Stream,
+};
+
+/// Deterministic filler so large buffers are cheap to generate.
+fn fill(len: usize, seed: u64) -> Vec<u8> {
+    let mut g = MaskGen::new(seed);
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        v.extend_from_slice(&g.next_u64().to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+/// Cuts `0..len` at the given fractions.
+fn cuts(len: usize, fracs: &[f64]) -> Vec<usize> {
+    let mut c: Vec<usize> = fracs.iter().map(|f| (f * len as f64) as usize).collect();
+    c.push(0);
+    c.push(len);
+    c.sort_unstable();
+    c.dedup();
+    c
+}
+
+#[derive(Debug, Clone)]
+enum Msg {
+    Text(String),
+    Binary(Vec<u8>),
+    Ping(Vec<u8>),
+}
+
+fn msg() -> impl Strategy<Value = (Msg, usize)> {
+    let frag = 1usize..300;
+    prop_oneof![
+        (any::<String>(), frag.clone()).prop_map(|(s, f)| (Msg::Text(s), f)),
+        (prop::collection::vec(any::<u8>(), 0..2000), frag.clone())
+            .prop_map(|(b, f)| (Msg::Binary(b), f)),
+        (0usize..70_000, any::<u64>(), Just(70_000usize))
+            .prop_map(|(n, s, f)| (Msg::Binary(fill(n, s)), f)),
+        prop::collection::vec(any::<u8>(), 0..=125).prop_map(|b| (Msg::Ping(b), 1)),
+    ]
+}
+
+/// Encodes a data message as client frames of at most `frag` bytes, cutting
+/// text anywhere (even inside a code point).
+fn encode(out: &mut Vec<u8>, m: &Msg, frag: usize, g: &mut MaskGen) {
+    let (op, bytes) = match m {
+        Msg::Text(s) => (OpCode::Text, s.as_bytes()),
+        Msg::Binary(b) => (OpCode::Binary, &b[..]),
+        Msg::Ping(p) => {
+            encode_client_frame(out, true, OpCode::Ping, p, g.next_mask());
+            return;
+        }
+    };
+    let pieces: Vec<&[u8]> = if bytes.is_empty() {
+        vec![&[]]
+    } else {
+        bytes.chunks(frag).collect()
+    };
+    for (i, p) in pieces.iter().enumerate() {
+        let o = if i == 0 { op } else { OpCode::Continuation };
+        encode_client_frame(out, i + 1 == pieces.len(), o, p, g.next_mask());
+    }
+}
+
+fn expected(m: &Msg) -> Owned {
+    match m {
+        Msg::Text(s) => Owned::Text(s.clone()),
+        Msg::Binary(b) => Owned::Binary(b.clone()),
+        Msg::Ping(p) => Owned::Ping(p.clone()),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn client_to_server_round_trip(
+        msgs in prop::collection::vec(msg(), 0..8),
+        seed in any::<u64>(),
+        fracs in prop::collection::vec(0.0f64..1.0, 0..12),
+    ) {
+        let mut g = MaskGen::new(seed);
+        let mut wire = Vec::new();
+        for (m, frag) in &msgs {
+            encode(&mut wire, m, *frag, &mut g);
+        }
+        let c = cuts(wire.len(), &fracs);
+        let mut dec = Decoder::new(DecoderConfig::default());
+        let mut got = Vec::new();
+        for w in c.windows(2) {
+            let (m, r) = feed(&mut dec, &wire[w[0]..w[1]]);
+            prop_assert_eq!(r, Ok(()));
+            got.extend(m);
+        }
+        let want: Vec<Owned> = msgs.iter().map(|(m, _)| expected(m)).collect();
+        prop_assert_eq!(got, want);
+        prop_assert_eq!(dec.buffered(), 0);
+        prop_assert_eq!(dec.capacity(), 0);
+    }
+
+    #[test]
+    fn chunking_never_changes_the_outcome(
+        frames in prop::collection::vec(
+            (any::<u8>(), any::<bool>(), prop::collection::vec(any::<u8>(), 0..300)),
+            0..6,
+        ),
+        client_role in any::<bool>(),
+        max in 0usize..700,
+        cut_tail in 0usize..20,
+        fracs in prop::collection::vec(0.0f64..1.0, 0..10),
+    ) {
+        // Random header bits (reserved opcodes, RSV, FIN, masking) so most
+        // rules fire somewhere; the stream may end mid-frame.
+        let mut wire = Vec::new();
+        for (b0, is_masked, payload) in &frames {
+            if *is_masked {
+                wire.extend(masked(*b0, payload, KEY));
+            } else {
+                wire.extend(unmasked(*b0, payload));
+            }
+        }
+        wire.truncate(wire.len().saturating_sub(cut_tail));
+        let cfg = DecoderConfig {
+            role: if client_role { ringcast_codec::Role::Client } else { ringcast_codec::Role::Server },
+            max_message_size: max,
+            allow_rsv1: false,
+        };
+        let whole = feed(&mut Decoder::new(cfg), &wire);
+        let mut dec = Decoder::new(cfg);
+        let mut got = Vec::new();
+        let mut res = Ok(());
+        for w in cuts(wire.len(), &fracs).windows(2) {
+            let (m, r) = feed(&mut dec, &wire[w[0]..w[1]]);
+            got.extend(m);
+            if r.is_err() {
+                res = r;
+                break;
+            }
+        }
+        prop_assert_eq!(whole, (got, res));
+        prop_assert!(dec.capacity() <= max);
+    }
+
+    #[test]
+    fn unmask_variants_equal_reference(
+        len in 0usize..70_000,
+        start in 0usize..64,
+        key in any::<[u8; 4]>(),
+        offset in any::<usize>(),
+        seed in any::<u64>(),
+        fracs in prop::collection::vec(0.0f64..1.0, 0..6),
+    ) {
+        let orig = fill(start + len, seed);
+        let mut want = orig.clone();
+        variants::bytewise(&mut want[start..], key, offset);
+        type F = fn(&mut [u8], [u8; 4], usize);
+        let mut fs: Vec<(&str, F)> = vec![("unmask", ringcast_codec::unmask), ("words", variants::words)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            fs.push(("sse2", variants::sse2));
+            fs.push(("avx2", variants::avx2));
+        }
+        #[cfg(target_arch = "aarch64")]
+        fs.push(("neon", variants::neon));
+        let c = cuts(len, &fracs);
+        for (name, f) in fs {
+            let mut got = orig.clone();
+            let buf = &mut got[start..];
+            // Chunk by chunk, the offset carrying the rotation.
+            for w in c.windows(2) {
+                f(&mut buf[w[0]..w[1]], key, offset.wrapping_add(w[0]));
+            }
+            prop_assert!(got == want, "{} differs", name);
+        }
+    }
+
+    #[test]
+    fn utf8_stream_agrees_with_std(
+        s in any::<String>(),
+        noise in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+        fracs in prop::collection::vec(0.0f64..1.0, 0..8),
+    ) {
+        let mut bytes = s.into_bytes();
+        if !bytes.is_empty() {
+            for (i, b) in noise {
+                let at = i.index(bytes.len());
+                bytes[at] = b;
+            }
+        }
+        let want = std::str::from_utf8(&bytes).is_ok();
+        let mut st = Utf8Stream::new();
+        let c = cuts(bytes.len(), &fracs);
+        let mut ok = true;
+        for w in c.windows(2) {
+            if st.feed(&bytes[w[0]..w[1]]).is_err() {
+                ok = false;
+                break;
+            }
+        }
+        let got = ok && st.finish().is_ok();
+        prop_assert_eq!(got, want);
+    }
+
+    #[test]
+    fn request_parser_split_anywhere(
+        path in "/[a-z0-9/]{0,40}",
+        query in proptest::option::of("[a-z0-9=&]{0,20}"),
+        key in any::<[u8; 16]>(),
+        fracs in prop::collection::vec(0.0f64..1.0, 0..10),
+        tail in prop::collection::vec(any::<u8>(), 0..20),
+    ) {
+        let target = match &query { Some(q) => format!("{path}?{q}"), None => path.clone() };
+        let c = ringcast_codec::ClientHandshake::new("host", &target, key, &[("Origin", "http://o")]);
+        let mut input = c.request().to_vec();
+        input.extend_from_slice(&tail);
+        let cs = cuts(input.len(), &fracs);
+        let mut p = RequestParser::default();
+        let mut got = None;
+        for w in cs.windows(2) {
+            if let Some(r) = p.push(&input[w[0]..w[1]]).unwrap() {
+                prop_assert!(got.is_none());
+                got = Some(r);
+            }
+        }
+        let r = got.expect("complete");
+        prop_assert_eq!(r.path(), path.as_str());
+        prop_assert_eq!(r.query(), query.as_deref());
+        prop_assert_eq!(r.origin(), Some("http://o"));
+        prop_assert!(r.validate_upgrade().is_ok());
+        prop_assert_eq!(p.take_remaining(), tail);
+    }
+}

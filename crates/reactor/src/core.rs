@@ -1,0 +1,346 @@
+//! Backend-independent shard state: the connection table, the intents a
+//! handler callback records (writes to flush, connections to close,
+//! backpressure notices to deliver), timers and the mail outboxes.
+//!
+//! Handler callbacks only *record* intents here; the shard loop carries them
+//! out through the backend after the callback returns (`shard::settle`). That
+//! keeps callbacks non-re-entrant and lets several `send`s to one connection
+//! go out in a single `sendmsg`.
+
+use crate::config::{Backend, ShardConfig};
+use crate::conn::{st, Conn, Entry};
+use crate::handler::CloseReason;
+use crate::shared::Shared;
+use crate::stats::ShardStats;
+use crate::timer::{Payload, TimerId, Wheel};
+use bytes::Bytes;
+use slab::Slab;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub(crate) struct Core<M> {
+    pub shard: usize,
+    pub shared: Arc<Shared<M>>,
+    pub cfg: ShardConfig,
+    pub backend: Backend,
+    pub now: Instant,
+    pub conns: Slab<Entry>,
+    next_gen: u64,
+    /// Handler-visible connections.
+    pub live: usize,
+    pub flush_list: Vec<u32>,
+    pub close_list: Vec<u32>,
+    pub notes: VecDeque<(Conn, bool)>,
+    pub timers: Wheel,
+    outboxes: Vec<VecDeque<M>>,
+    outbox_len: usize,
+    /// Targets pushed to since the last `flush_outboxes` (to notify once).
+    touched: Vec<bool>,
+    pub draining: bool,
+    pub drain_deadline: Option<Instant>,
+    pub stats: ShardStats,
+}
+
+impl<M: Send + 'static> Core<M> {
+    pub fn new(shard: usize, shared: Arc<Shared<M>>, cfg: ShardConfig, backend: Backend) -> Self {
+        let now = Instant::now();
+        let n = shared.shards();
+        Core {
+            shard,
+            shared,
+            cfg,
+            backend,
+            now,
+            conns: Slab::new(),
+            next_gen: 1,
+            live: 0,
+            flush_list: Vec::new(),
+            close_list: Vec::new(),
+            notes: VecDeque::new(),
+            timers: Wheel::new(now),
+            outboxes: (0..n).map(|_| VecDeque::new()).collect(),
+            outbox_len: 0,
+            touched: vec![false; n],
+            draining: false,
+            drain_deadline: None,
+            stats: ShardStats::default(),
+        }
+    }
+
+    // ---------- table ----------
+
+    /// Add an accepted socket; `None` (socket dropped = closed) at `max_connections`.
+    /// The limit counts table slots, including just-closed io_uring
+    /// connections whose cancellation has not completed (usually within one
+    /// loop pass); that keeps the completion-queue bound exact.
+    pub fn insert(&mut self, fd: OwnedFd, peer: SocketAddr) -> Option<Conn> {
+        if self.conns.len() >= self.cfg.max_connections {
+            self.stats.rejected += 1;
+            return None;
+        }
+        let gen = self.next_gen;
+        self.next_gen += 1;
+        let idx = self.conns.insert(Entry::new(gen, fd, peer)) as u32;
+        self.live += 1;
+        self.stats.accepted += 1;
+        Some(Conn { idx, gen })
+    }
+
+    pub fn conn_of(&self, idx: u32) -> Option<Conn> {
+        self.conns
+            .get(idx as usize)
+            .map(|e| Conn { idx, gen: e.gen })
+    }
+
+    /// Handler-visible entry for `c`.
+    pub fn get(&self, c: Conn) -> Option<&Entry> {
+        self.conns
+            .get(c.idx as usize)
+            .filter(|e| e.gen == c.gen && e.visible())
+    }
+
+    pub fn get_mut(&mut self, c: Conn) -> Option<&mut Entry> {
+        self.conns
+            .get_mut(c.idx as usize)
+            .filter(|e| e.gen == c.gen && e.visible())
+    }
+
+    /// Free a slot once the backend no longer references it (closes the fd).
+    pub fn remove(&mut self, idx: u32) {
+        if self.conns.contains(idx as usize) {
+            let e = self.conns.remove(idx as usize);
+            debug_assert!(e.has(st::DEAD));
+            drop(e);
+        }
+    }
+
+    // ---------- intents ----------
+
+    pub fn mark_flush(&mut self, idx: u32) {
+        if let Some(e) = self.conns.get_mut(idx as usize) {
+            if !e.has(st::IN_FLUSH | st::DEAD) {
+                e.st |= st::IN_FLUSH;
+                self.flush_list.push(idx);
+            }
+        }
+    }
+
+    /// Close now (abort semantics: whatever is queued is dropped by the backend).
+    pub fn request_close(&mut self, idx: u32, why: CloseReason) {
+        if let Some(e) = self.conns.get_mut(idx as usize) {
+            if e.has(st::IN_CLOSE | st::DEAD) {
+                return;
+            }
+            // A pending graceful close (Local) is overridden by a hard error.
+            if e.reason.is_none()
+                || (e.reason == Some(CloseReason::Local) && why != CloseReason::Local)
+            {
+                e.reason = Some(why);
+            }
+            e.st |= st::IN_CLOSE;
+            self.close_list.push(idx);
+        }
+    }
+
+    pub fn send(&mut self, c: Conn, parts: &[Bytes]) -> bool {
+        let max = self.cfg.max_write_queue;
+        let Some(e) = self.get_mut(c) else {
+            return false;
+        };
+        if !e.writable() {
+            return false;
+        }
+        for p in parts {
+            e.out.push(p.clone());
+        }
+        let over = !e.has(st::OVER) && e.out.len() > max;
+        if over {
+            e.st |= st::OVER;
+        }
+        if over {
+            self.notes.push_back((c, true));
+        }
+        self.mark_flush(c.idx);
+        true
+    }
+
+    /// Backend made write progress (or the queue was found empty): report a
+    /// drained queue, and finish a pending close / shutdown_write. Returns
+    /// true if `shutdown(SHUT_WR)` should be issued now.
+    pub fn after_write(&mut self, idx: u32, in_flight: bool) -> bool {
+        let half = self.cfg.max_write_queue / 2;
+        let Some(e) = self.conns.get_mut(idx as usize) else {
+            return false;
+        };
+        if e.has(st::DEAD) {
+            return false;
+        }
+        let conn = Conn { idx, gen: e.gen };
+        if e.has(st::OVER) && e.out.len() <= half {
+            e.st &= !st::OVER;
+            self.notes.push_back((conn, false));
+        }
+        if e.out.len() > 0 || in_flight {
+            return false;
+        }
+        if e.has(st::CLOSING) {
+            let why = if e.has(st::EOF_SEEN) {
+                CloseReason::PeerEof
+            } else {
+                CloseReason::Local
+            };
+            self.request_close(idx, why);
+            return false;
+        }
+        if e.has(st::SHUT_WR_REQ) && !e.has(st::SHUT_WR_DONE) {
+            e.st |= st::SHUT_WR_DONE;
+            return true;
+        }
+        false
+    }
+
+    pub fn close(&mut self, c: Conn) {
+        let now = self.now;
+        let linger = self.cfg.close_timeout;
+        let Some(e) = self.get_mut(c) else { return };
+        if e.has(st::CLOSING | st::IN_CLOSE) {
+            return;
+        }
+        e.st |= st::CLOSING;
+        if e.out.len() == 0 && e.io.send_slot.is_none() {
+            let why = if e.has(st::EOF_SEEN) {
+                CloseReason::PeerEof
+            } else {
+                CloseReason::Local
+            };
+            self.request_close(c.idx, why);
+        } else {
+            let id = self.timers.add(now, linger, Payload::Linger(c.idx, c.gen));
+            if let Some(e) = self.conns.get_mut(c.idx as usize) {
+                e.linger = Some(id);
+            }
+            self.mark_flush(c.idx);
+        }
+    }
+
+    pub fn abort(&mut self, c: Conn, why: CloseReason) {
+        let Some(e) = self.get_mut(c) else { return };
+        e.out.clear();
+        self.request_close(c.idx, why);
+    }
+
+    pub fn shutdown_write(&mut self, c: Conn) {
+        let Some(e) = self.get_mut(c) else { return };
+        if e.has(st::SHUT_WR_REQ | st::CLOSING | st::IN_CLOSE) {
+            return;
+        }
+        e.st |= st::SHUT_WR_REQ;
+        self.mark_flush(c.idx);
+    }
+
+    /// Mark `idx` closed from the handler's view; returns the handle and reason
+    /// for `on_close`.
+    pub fn kill(&mut self, idx: u32) -> Option<(Conn, CloseReason)> {
+        let e = self.conns.get_mut(idx as usize)?;
+        if e.has(st::DEAD) {
+            return None;
+        }
+        e.st |= st::DEAD;
+        e.out.clear();
+        let why = e.reason.unwrap_or(CloseReason::Local);
+        let conn = Conn { idx, gen: e.gen };
+        if let Some(t) = e.linger.take() {
+            self.timers.cancel(t);
+        }
+        self.live -= 1;
+        self.stats.closed += 1;
+        Some((conn, why))
+    }
+
+    // ---------- timers ----------
+
+    pub fn timer(&mut self, after: Duration, data: u64) -> TimerId {
+        self.timers.add(self.now, after, Payload::User(data))
+    }
+
+    // ---------- mail ----------
+
+    pub fn mail(&mut self, target: usize, m: M) -> Result<(), M> {
+        if target >= self.outboxes.len() {
+            return Err(m);
+        }
+        let ob = &mut self.outboxes[target];
+        if ob.is_empty() {
+            match self.shared.mailboxes[target].push(m) {
+                Ok(()) => {
+                    self.touched[target] = true;
+                    return Ok(());
+                }
+                Err(m) => {
+                    if self.cfg.outbox_capacity == 0 {
+                        return Err(m);
+                    }
+                    ob.push_back(m);
+                    self.outbox_len += 1;
+                    return Ok(());
+                }
+            }
+        }
+        if ob.len() >= self.cfg.outbox_capacity {
+            return Err(m);
+        }
+        ob.push_back(m);
+        self.outbox_len += 1;
+        Ok(())
+    }
+
+    pub fn outbox_pending(&self) -> usize {
+        self.outbox_len
+    }
+
+    /// Move outbox contents into target mailboxes (FIFO, stopping at the first
+    /// full one) and wake every target that got something.
+    pub fn flush_outboxes(&mut self) {
+        if self.outbox_len > 0 {
+            for (t, ob) in self.outboxes.iter_mut().enumerate() {
+                let mb = &self.shared.mailboxes[t];
+                while let Some(m) = ob.pop_front() {
+                    match mb.push(m) {
+                        Ok(()) => {
+                            self.outbox_len -= 1;
+                            self.touched[t] = true;
+                        }
+                        Err(m) => {
+                            ob.push_front(m);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        for (t, flag) in self.touched.iter_mut().enumerate() {
+            if std::mem::take(flag) && t != self.shard {
+                self.shared.mailboxes[t].notify();
+            }
+        }
+    }
+
+    /// Drop undeliverable outbox contents at exit.
+    pub fn discard_outboxes(&mut self) {
+        for ob in self.outboxes.iter_mut() {
+            ob.clear();
+        }
+        self.outbox_len = 0;
+    }
+
+    pub fn publish_stats(&mut self) {
+        self.stats.connections = self.live as u64;
+        self.stats.slots = self.conns.len() as u64;
+        self.stats.outbox_pending = self.outbox_len as u64;
+        self.stats.loops += 1;
+        self.shared.stats[self.shard].publish(&self.stats);
+    }
+}

@@ -1,0 +1,72 @@
+//! The application-facing callback trait.
+//!
+//! One handler instance exists per shard and is built on the shard thread, so
+//! it may hold `Rc`/`RefCell` state. The reactor never calls a handler
+//! re-entrantly: everything a callback asks for through [`Ctx`] (sends, closes,
+//! timers, mail) is recorded and carried out after the callback returns, and
+//! the notifications that result (`on_backpressure`, `on_close`) are delivered
+//! as separate calls.
+
+use crate::conn::Conn;
+use crate::ctx::Ctx;
+use crate::timer::TimerId;
+use std::net::SocketAddr;
+
+/// Why a connection went away.
+#[derive(Copy, Clone, Debug, Eq, PartialEq, Hash)]
+pub enum CloseReason {
+    /// The handler closed or aborted it.
+    Local,
+    /// The peer closed its side (EOF) and the connection was then closed.
+    PeerEof,
+    /// The peer reset the connection (`ECONNRESET`, `EPIPE`).
+    Reset,
+    /// Any other socket error (`TimedOut` = `close` could not flush within `close_timeout`).
+    Error(std::io::ErrorKind),
+    /// Still open when the shutdown drain deadline passed.
+    Shutdown,
+}
+
+/// Per-shard application logic. See the crate docs for the threading model.
+pub trait Handler: 'static {
+    /// Message type carried by the cross-shard mailboxes.
+    type Mail: Send + 'static;
+
+    /// A connection was accepted on this shard.
+    fn on_open(&mut self, ctx: &mut Ctx<'_, Self::Mail>, conn: Conn, peer: SocketAddr);
+
+    /// Bytes received, in order. `data` is mutable so the codec can unmask in
+    /// place. Valid only during the call.
+    fn on_data(&mut self, ctx: &mut Ctx<'_, Self::Mail>, conn: Conn, data: &mut [u8]);
+
+    /// The peer closed its write side (EOF). Default: `ctx.close(conn)`.
+    fn on_eof(&mut self, ctx: &mut Ctx<'_, Self::Mail>, conn: Conn) {
+        ctx.close(conn)
+    }
+
+    /// Output queue crossed `max_write_queue` (`over = true`) or drained back to
+    /// half of it or less (`over = false`).
+    fn on_backpressure(&mut self, ctx: &mut Ctx<'_, Self::Mail>, conn: Conn, over: bool) {
+        let _ = (ctx, conn, over);
+    }
+
+    /// The connection is gone (after which `conn` is invalid). Exactly once per `on_open`.
+    fn on_close(&mut self, ctx: &mut Ctx<'_, Self::Mail>, conn: Conn, why: CloseReason);
+
+    /// A timer armed with `ctx.timer` expired. `ctx.reset_timer(timer, ..)`
+    /// inside this call re-arms it (periodic timers).
+    fn on_timer(&mut self, ctx: &mut Ctx<'_, Self::Mail>, timer: TimerId, data: u64);
+
+    /// A message arrived from `Ctx::mail` or `Handle::mail`.
+    fn on_mail(&mut self, ctx: &mut Ctx<'_, Self::Mail>, mail: Self::Mail);
+
+    /// Called once per loop iteration after events were processed.
+    fn on_tick(&mut self, ctx: &mut Ctx<'_, Self::Mail>) {
+        let _ = ctx;
+    }
+
+    /// Stop requested: listeners are closed; queue final frames now. The shard
+    /// keeps running (timers, mail, I/O) until every connection is closed or
+    /// the drain deadline passes, then closes whatever remains.
+    fn on_shutdown(&mut self, ctx: &mut Ctx<'_, Self::Mail>);
+}

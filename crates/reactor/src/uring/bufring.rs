@@ -1,0 +1,166 @@
+//! A provided-buffer ring (`IORING_REGISTER_PBUF_RING`, Linux 5.19).
+//!
+//! The shard registers one ring of `count` equal buffers. A multishot recv
+//! names the buffer *group* instead of a buffer: the kernel picks the next
+//! buffer from the ring only when data actually arrives, and reports its id in
+//! the CQE. So receive memory is per shard, proportional to data in flight,
+//! not per connection: an idle connection holds no user-space buffer.
+//!
+//! Memory layout: the ring is an array of 16-byte `io_uring_buf` entries
+//! (addr, len, bid), whose first entry's reserved field doubles as the
+//! producer `tail` (u16). We are the producer (returning buffers), the kernel
+//! the consumer; it never reads past `tail`, so we fill the entry at `tail`
+//! and then publish `tail + 1` with a release store. Both the ring and the
+//! buffers are anonymous `mmap`s: page aligned (the kernel requires it for
+//! the ring) and only backed by RAM once touched.
+
+use io_uring::types::BufRingEntry;
+use io_uring::Submitter;
+use std::io;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+pub(crate) struct BufRing {
+    ring: *mut BufRingEntry,
+    ring_bytes: usize,
+    entries: u16,
+    tail: u16,
+    bufs: *mut u8,
+    bufs_bytes: usize,
+    buf_size: u32,
+    count: u16,
+    bgid: u16,
+}
+
+fn map(bytes: usize) -> io::Result<*mut u8> {
+    // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            bytes,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(p.cast())
+}
+
+impl BufRing {
+    /// Allocate (not yet registered). `count` buffers of `buf_size` bytes.
+    pub fn new(count: u16, buf_size: u32, bgid: u16) -> io::Result<Self> {
+        assert!(count > 0);
+        let entries = count.next_power_of_two();
+        let ring_bytes = entries as usize * std::mem::size_of::<BufRingEntry>();
+        let bufs_bytes = count as usize * buf_size as usize;
+        let ring = map(ring_bytes)?;
+        let bufs = match map(bufs_bytes) {
+            Ok(b) => b,
+            Err(e) => {
+                // SAFETY: `ring` was mapped just above with this length and is unused.
+                unsafe { libc::munmap(ring.cast(), ring_bytes) };
+                return Err(e);
+            }
+        };
+        Ok(BufRing {
+            ring: ring.cast(),
+            ring_bytes,
+            entries,
+            tail: 0,
+            bufs,
+            bufs_bytes,
+            buf_size,
+            count,
+            bgid,
+        })
+    }
+
+    pub fn bgid(&self) -> u16 {
+        self.bgid
+    }
+
+    /// Register with the ring and hand every buffer to the kernel.
+    pub fn register(&mut self, sub: &Submitter<'_>) -> io::Result<()> {
+        // SAFETY: `ring` points to `entries` page-aligned, zeroed entries that
+        // stay mapped until `Drop`, and the owner (`UringDriver`) unregisters
+        // the group or destroys the io_uring instance before dropping us.
+        unsafe { sub.register_buf_ring_with_flags(self.ring as u64, self.entries, self.bgid, 0)? };
+        for bid in 0..self.count {
+            self.push(bid);
+        }
+        self.publish();
+        Ok(())
+    }
+
+    fn push(&mut self, bid: u16) {
+        let slot = (self.tail & (self.entries - 1)) as usize;
+        // SAFETY: `slot < entries`, inside the mapping. The kernel only reads
+        // entries in [head, tail), and at most `count <= entries` buffers exist,
+        // so the slot at `tail` is not being read. Only addr/len/bid are
+        // written; entry 0's reserved field (the tail) is left alone.
+        let e = unsafe { &mut *self.ring.add(slot) };
+        // bid < count, so this address lies inside `bufs`.
+        e.set_addr(
+            self.bufs
+                .wrapping_add(bid as usize * self.buf_size as usize) as u64,
+        );
+        e.set_len(self.buf_size);
+        e.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    fn publish(&self) {
+        // SAFETY: `ring` is the first entry of a live, page-aligned ring;
+        // the tail is a naturally aligned u16 the kernel reads concurrently,
+        // so it is accessed atomically. Release orders the entry writes above
+        // before the kernel can observe the new tail.
+        unsafe {
+            let tail = BufRingEntry::tail(self.ring) as *const AtomicU16;
+            (*tail).store(self.tail, Ordering::Release);
+        }
+    }
+
+    /// The received bytes of buffer `bid` (from a CQE).
+    ///
+    /// Takes `&mut self`, so no two buffers are borrowed at once; each CQE's
+    /// data is handed to the handler and recycled before the next.
+    pub fn data(&mut self, bid: u16, len: usize) -> &mut [u8] {
+        assert!(
+            bid < self.count && len <= self.buf_size as usize,
+            "bad buffer id/len from kernel"
+        );
+        // SAFETY: the kernel reported `bid` in a completion, which hands the
+        // buffer back to us: it will not touch it again until we `recycle`
+        // it. The range is inside the mapping (checked above).
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.bufs.add(bid as usize * self.buf_size as usize),
+                len,
+            )
+        }
+    }
+
+    /// Give buffer `bid` back to the kernel.
+    pub fn recycle(&mut self, bid: u16) {
+        if bid < self.count {
+            self.push(bid);
+            self.publish();
+        }
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: both regions were mapped in `new` with these lengths. The
+        // owner guarantees the kernel no longer uses them: every recv that
+        // could pick a buffer has completed and the group was unregistered
+        // (or, if that could not be established, the owner leaks us instead).
+        unsafe {
+            libc::munmap(self.ring.cast(), self.ring_bytes);
+            libc::munmap(self.bufs.cast(), self.bufs_bytes);
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! The chat protocol of the `/chat` route (see docs/protocol.md).
+//!
+//! This module is the protocol only: parsing and checking client commands,
+//! rendering server events. Rooms are topics: membership counting and the
+//! one-order-per-room guarantee come from [`crate::pubsub`], whose owner
+//! shard renders the join/message/leave events here with the room's
+//! sequence number and member count.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::api::{Ctx, Message};
+use crate::id::ConnId;
+
+/// Topic prefix of chat rooms, keeping them apart from other topics.
+pub(crate) const ROOM_PREFIX: &str = "chat:";
+
+/// Per-field limits (bytes), from the `chat-max-*` settings.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    pub name: usize,
+    pub room: usize,
+    pub text: usize,
+    pub rooms: usize,
+}
+
+/// A valid client command.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Command {
+    Join { room: String, name: String },
+    Message { room: String, text: String },
+    Leave { room: String },
+}
+
+/// Parses one text frame from a client. `Err` is the readable reason sent back
+/// in an error event.
+pub(crate) fn parse(text: &str, limits: &Limits) -> Result<Command, String> {
+    let value: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+    let Value::Object(obj) = value else {
+        return Err(
+            "expected a JSON object like {\"type\":\"join\",\"room\":\"lobby\",\"name\":\"ann\"}"
+                .into(),
+        );
+    };
+    let kind = string_field(&obj, "type")?;
+    match kind {
+        "join" => {
+            let room = bounded(&obj, "room", limits.room)?;
+            let name = bounded(&obj, "name", limits.name)?;
+            Ok(Command::Join { room, name })
+        }
+        "message" => {
+            let room = bounded(&obj, "room", limits.room)?;
+            let text = string_field(&obj, "text")?;
+            if text.len() > limits.text {
+                return Err(format!("text is longer than {} bytes", limits.text));
+            }
+            Ok(Command::Message {
+                room,
+                text: text.to_string(),
+            })
+        }
+        "leave" => Ok(Command::Leave {
+            room: bounded(&obj, "room", limits.room)?,
+        }),
+        other => Err(format!(
+            "unknown type {:?} (expected join, message or leave)",
+            truncate(other, 32)
+        )),
+    }
+}
+
+fn string_field<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<&'a str, String> {
+    match obj.get(key) {
+        None => Err(format!("missing field `{key}`")),
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(format!("field `{key}` must be a string")),
+    }
+}
+
+/// A non-empty string field of at most `max` bytes.
+fn bounded(obj: &Map<String, Value>, key: &str, max: usize) -> Result<String, String> {
+    let s = string_field(obj, key)?;
+    if s.is_empty() {
+        return Err(format!("field `{key}` must not be empty"));
+    }
+    if s.len() > max {
+        return Err(format!("{key} is longer than {max} bytes"));
+    }
+    Ok(s.to_string())
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// A room event as sent to members; rendered once per event by the room's
+/// owner shard and shared by every recipient.
+#[derive(Serialize)]
+struct Event<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    room: &'a str,
+    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    members: Option<usize>,
+    seq: u64,
+    ts: u64,
+}
+
+/// What happened in a room, before the owner numbers it.
+#[derive(Debug, Clone)]
+pub(crate) enum RoomEvent {
+    Join { name: Box<str> },
+    Message { name: Box<str>, text: Box<str> },
+    Leave { name: Box<str> },
+}
+
+/// Renders `event` for `room` as JSON text.
+pub(crate) fn render(room: &str, event: &RoomEvent, seq: u64, members: usize) -> String {
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let ev = match event {
+        RoomEvent::Join { name } => Event {
+            kind: "join",
+            room,
+            name,
+            text: None,
+            members: Some(members),
+            seq,
+            ts,
+        },
+        RoomEvent::Message { name, text } => Event {
+            kind: "message",
+            room,
+            name,
+            text: Some(text),
+            members: None,
+            seq,
+            ts,
+        },
+        RoomEvent::Leave { name } => Event {
+            kind: "leave",
+            room,
+            name,
+            text: None,
+            members: Some(members),
+            seq,
+            ts,
+        },
+    };
+    serde_json::to_string(&ev).expect("serializing strings and numbers cannot fail")
+}
+
+/// `{"type":"error","error":reason}`.
+pub(crate) fn error(reason: &str) -> String {
+    #[derive(Serialize)]
+    struct Error<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        error: &'a str,
+    }
+    serde_json::to_string(&Error {
+        kind: "error",
+        error: reason,
+    })
+    .expect("serializing strings cannot fail")
+}
+
+/// Handles one message on a `/chat` connection. Problems are answered to
+/// the sender only, as error events; the connection stays open.
+pub(crate) fn on_message<D: Default + 'static>(
+    ctx: &mut Ctx<'_, D>,
+    conn: ConnId,
+    msg: Message<'_>,
+) {
+    let Message::Text(text) = msg else {
+        ctx.push(
+            conn,
+            error("binary messages are not supported: send JSON text"),
+        );
+        return;
+    };
+    let limits = ctx.core.shared.chat;
+    if let Err(reason) = parse(text, &limits).and_then(|cmd| apply(ctx, conn, cmd, &limits)) {
+        ctx.push(conn, error(&reason));
+    }
+}
+
+fn apply<D: Default + 'static>(
+    ctx: &mut Ctx<'_, D>,
+    conn: ConnId,
+    cmd: Command,
+    limits: &Limits,
+) -> Result<(), String> {
+    let room_topic = |room: &str| format!("{ROOM_PREFIX}{room}");
+    let Some(c) = ctx.core.table.open_mut(conn) else {
+        return Ok(());
+    };
+    match cmd {
+        Command::Join { room, name } => {
+            let topic = room_topic(&room);
+            if c.subs.iter().any(|s| *s.topic == *topic) {
+                return Err(format!("already in room {room:?}"));
+            }
+            if c.subs.iter().filter(|s| s.name.is_some()).count() >= limits.rooms {
+                return Err(format!("too many rooms: at most {} at once", limits.rooms));
+            }
+            ctx.core.subscribe(ctx.io, conn, &topic, Some(name.into()));
+        }
+        Command::Message { room, text } => {
+            let topic = room_topic(&room);
+            let Some(sub) = c
+                .subs
+                .iter()
+                .find(|s| *s.topic == *topic && s.name.is_some())
+            else {
+                return Err(format!("not in room {room:?}: join it first"));
+            };
+            let (topic, name) = (sub.topic.clone(), sub.name.clone().unwrap_or_default());
+            ctx.core.publish_room(
+                ctx.io,
+                topic,
+                RoomEvent::Message {
+                    name,
+                    text: text.into(),
+                },
+            );
+        }
+        Command::Leave { room } => {
+            let topic = room_topic(&room);
+            if !c
+                .subs
+                .iter()
+                .any(|s| *s.topic == *topic && s.name.is_some())
+            {
+                return Err(format!("not in room {room:?}"));
+            }
+            ctx.core.unsubscribe(ctx.io, conn, &topic);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: Limits = Limits {
+        name: 8,
+        room: 8,
+        text: 16,
+        rooms: 2,
+    };
+
+    #[test]
+    fn commands() {
+        assert_eq!(
+            parse(r#"{"type":"join","room":"a","name":"ann"}"#, &L),
+            Ok(Command::Join {
+                room: "a".into(),
+                name: "ann".into()
+            })
+        );
+        assert_eq!(
+            parse(r#"{"type":"message","room":"a","text":""}"#, &L),
+            Ok(Command::Message {
+                room: "a".into(),
+                text: "".into()
+            })
+        );
+        assert_eq!(
+            parse(r#"{"type":"leave","room":"a"}"#, &L),
+            Ok(Command::Leave { room: "a".into() })
+        );
+    }
+
+    #[test]
+    fn errors_are_readable() {
+        assert!(parse("{", &L).unwrap_err().starts_with("invalid JSON"));
+        assert!(parse("[1]", &L)
+            .unwrap_err()
+            .starts_with("expected a JSON object"));
+        assert_eq!(
+            parse(r#"{"room":"a"}"#, &L).unwrap_err(),
+            "missing field `type`"
+        );
+        assert!(parse(r#"{"type":"dance"}"#, &L)
+            .unwrap_err()
+            .starts_with("unknown type \"dance\""));
+        assert_eq!(
+            parse(r#"{"type":"join","room":"a"}"#, &L).unwrap_err(),
+            "missing field `name`"
+        );
+        assert_eq!(
+            parse(r#"{"type":"join","room":5,"name":"x"}"#, &L).unwrap_err(),
+            "field `room` must be a string"
+        );
+        assert_eq!(
+            parse(r#"{"type":"join","room":"abcdefghi","name":"x"}"#, &L).unwrap_err(),
+            "room is longer than 8 bytes"
+        );
+        assert_eq!(
+            parse(
+                r#"{"type":"message","room":"a","text":"01234567890123456"}"#,
+                &L
+            )
+            .unwrap_err(),
+            "text is longer than 16 bytes"
+        );
+    }
+
+    #[test]
+    fn events_render_as_json() {
+        let s = render(
+            "r",
+            &RoomEvent::Message {
+                name: "ann".into(),
+                text: "hi \"x\"".into(),
+            },
+            3,
+            2,
+        );
+        let v: Value = serde_json::from_str(&s).unwrap();
+        assert_eq!(v["type"], "message");
+        assert_eq!(v["text"], "hi \"x\"");
+        assert_eq!(v["seq"], 3);
+        assert!(v.get("members").is_none());
+        let j: Value =
+            serde_json::from_str(&render("r", &RoomEvent::Join { name: "b".into() }, 1, 5))
+                .unwrap();
+        assert_eq!(j["members"], 5);
+        let e: Value = serde_json::from_str(&error("nope")).unwrap();
+        assert_eq!(e, serde_json::json!({"type":"error","error":"nope"}));
+    }
+}

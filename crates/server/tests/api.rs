@@ -1,0 +1,372 @@
+//! The library API against real sockets, on every backend this kernel allows:
+//! handler panics close with 1011, and push / broadcast / publish / close /
+//! per-connection data / ids work across shards.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringcast::BackendChoice;
+use ringcast::{ConnId, Message, Running, Server, Settings};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+fn backends() -> Vec<BackendChoice> {
+    let mut v = vec![BackendChoice::Epoll];
+    match ringcast::io_uring_support() {
+        Ok(()) => v.push(BackendChoice::IoUring),
+        Err(why) => eprintln!("io_uring not tested here: {why}"),
+    }
+    v
+}
+
+fn settings(backend: BackendChoice, shards: usize) -> Settings {
+    let mut s = Settings::defaults();
+    s.listen = "127.0.0.1:0".parse().unwrap();
+    s.backend = backend;
+    s.shards = shards;
+    s
+}
+
+/// A minimal WebSocket client (masking with a fixed key is fine for tests).
+struct Client {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr, path: &str) -> Client {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .unwrap();
+        let mut c = Client { s, buf: Vec::new() };
+        let end = loop {
+            if let Some(p) = c.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            c.fill();
+        };
+        assert!(
+            c.buf.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&c.buf)
+        );
+        c.buf.drain(..end);
+        c
+    }
+
+    fn fill(&mut self) {
+        let mut tmp = [0u8; 65536];
+        let n = loop {
+            match self.s.read(&mut tmp) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => break r.expect("read"),
+            }
+        };
+        assert!(n > 0, "connection closed");
+        self.buf.extend_from_slice(&tmp[..n]);
+    }
+
+    fn send(&mut self, opcode: u8, payload: &[u8]) {
+        let key = [1u8, 2, 3, 4];
+        let mut f = vec![0x80 | opcode];
+        match payload.len() {
+            n if n < 126 => f.push(0x80 | n as u8),
+            n if n < 65536 => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        self.s.write_all(&f).unwrap();
+    }
+
+    fn text(&mut self, t: &str) {
+        self.send(1, t.as_bytes());
+    }
+
+    /// Next frame: (opcode, payload); pings are skipped.
+    fn recv(&mut self) -> (u8, Vec<u8>) {
+        loop {
+            while self.buf.len() < 2 {
+                self.fill();
+            }
+            let op = self.buf[0] & 0x0f;
+            let (len, off) = match self.buf[1] & 0x7f {
+                126 => {
+                    while self.buf.len() < 4 {
+                        self.fill();
+                    }
+                    (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+                }
+                127 => {
+                    while self.buf.len() < 10 {
+                        self.fill();
+                    }
+                    (
+                        u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize,
+                        10,
+                    )
+                }
+                n => (n as usize, 2),
+            };
+            while self.buf.len() < off + len {
+                self.fill();
+            }
+            let payload = self.buf[off..off + len].to_vec();
+            self.buf.drain(..off + len);
+            if op != 9 {
+                return (op, payload);
+            }
+        }
+    }
+
+    fn recv_text(&mut self) -> String {
+        let (op, p) = self.recv();
+        assert_eq!(
+            op,
+            1,
+            "expected text, got opcode {op}: {:?}",
+            String::from_utf8_lossy(&p)
+        );
+        String::from_utf8(p).unwrap()
+    }
+
+    fn recv_close_code(&mut self) -> u16 {
+        loop {
+            let (op, p) = self.recv();
+            if op == 8 {
+                return u16::from_be_bytes([p[0], p[1]]);
+            }
+        }
+    }
+}
+
+fn addr(r: &Running) -> SocketAddr {
+    r.local_addrs()[0]
+}
+
+#[test]
+fn handler_panic_closes_that_connection_with_1011() {
+    for backend in backends() {
+        let closes = Arc::new(AtomicU32::new(0));
+        let seen = closes.clone();
+        let running = Server::new(settings(backend, 1))
+            .on_message(|ctx, conn, msg| {
+                if msg == Message::Text("boom") {
+                    panic!("test panic in on_message");
+                }
+                ctx.push(conn, msg);
+            })
+            .on_close(move |_ctx, _conn, code, _reason| {
+                if code == 1011 {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+            .start()
+            .unwrap();
+        let mut calm = Client::connect(addr(&running), "/");
+        let mut victim = Client::connect(addr(&running), "/");
+        victim.text("boom");
+        assert_eq!(victim.recv_close_code(), 1011, "{backend}");
+        victim.send(8, &1011u16.to_be_bytes());
+        // The shard (the only one) still serves the other client.
+        calm.text("still here");
+        assert_eq!(calm.recv_text(), "still here");
+        // And new ones.
+        let mut fresh = Client::connect(addr(&running), "/");
+        fresh.text("new");
+        assert_eq!(fresh.recv_text(), "new");
+        drop((calm, victim, fresh));
+        let h = running.handle();
+        h.stop(Duration::from_secs(5));
+        running.join().unwrap();
+        assert_eq!(closes.load(Ordering::SeqCst), 1, "{backend}");
+    }
+}
+
+#[test]
+fn panic_in_on_open_closes_1011() {
+    for backend in backends() {
+        let running = Server::new(settings(backend, 1))
+            .on_open(|_ctx, _conn, req| {
+                if req.path() == "/explode" {
+                    panic!("test panic in on_open");
+                }
+            })
+            .on_message(|ctx, conn, msg| {
+                ctx.push(conn, msg);
+            })
+            .start()
+            .unwrap();
+        let mut c = Client::connect(addr(&running), "/explode");
+        assert_eq!(c.recv_close_code(), 1011);
+        let mut ok = Client::connect(addr(&running), "/fine");
+        ok.text("x");
+        assert_eq!(ok.recv_text(), "x");
+        drop((c, ok));
+        running.handle().stop(Duration::from_secs(5));
+        running.join().unwrap();
+    }
+}
+
+/// Per-connection data for the API test.
+#[derive(Default)]
+struct Counter {
+    n: u32,
+}
+
+fn api_server(backend: BackendChoice) -> Running {
+    Server::<Counter>::with_data(settings(backend, 2))
+        .on_open(|ctx, conn, _req| {
+            ctx.subscribe(conn, "news");
+            ctx.push(conn, format!("id:{}", conn.as_u64()));
+        })
+        .on_message(|ctx, conn, msg| {
+            let Message::Text(t) = msg else { return };
+            if let Some(rest) = t.strip_prefix("to:") {
+                let (id, body) = rest.split_once(':').unwrap();
+                let to = ConnId::from_u64(id.parse().unwrap());
+                ctx.push(to, body);
+            } else if let Some(body) = t.strip_prefix("all:") {
+                ctx.broadcast(body);
+            } else if let Some(body) = t.strip_prefix("news:") {
+                ctx.publish("news", body);
+            } else if t == "count" {
+                let n = ctx.connection_count();
+                let local = ctx.local_connections().count();
+                ctx.push(conn, format!("count:{n}:{local}"));
+            } else if t == "bump" {
+                let n = {
+                    let d = ctx.data(conn).unwrap();
+                    d.n += 1;
+                    d.n
+                };
+                ctx.push(conn, format!("n:{n}"));
+            } else if t == "leave" {
+                ctx.unsubscribe(conn, "news");
+                ctx.push(conn, "left");
+            } else if t == "close" {
+                ctx.close(conn, 4000, "bye");
+            }
+        })
+        .start()
+        .unwrap()
+}
+
+#[test]
+fn push_broadcast_publish_close_and_data_across_shards() {
+    for backend in backends() {
+        let running = api_server(backend);
+        // Open clients until both shards have one.
+        let mut clients: Vec<(ConnId, Client)> = Vec::new();
+        for _ in 0..64 {
+            let mut c = Client::connect(addr(&running), "/");
+            let id: u64 = c.recv_text().strip_prefix("id:").unwrap().parse().unwrap();
+            clients.push((ConnId::from_u64(id), c));
+            let shards: std::collections::HashSet<usize> =
+                clients.iter().map(|(id, _)| id.shard()).collect();
+            if shards.len() == 2 && clients.len() >= 3 {
+                break;
+            }
+        }
+        let a = clients
+            .iter()
+            .position(|(id, _)| id.shard() == 0)
+            .expect("a client on shard 0");
+        let b = clients
+            .iter()
+            .position(|(id, _)| id.shard() == 1)
+            .expect("a client on shard 1");
+        let ids: Vec<ConnId> = clients.iter().map(|(id, _)| *id).collect();
+        assert!(ids.iter().all(|id| id.node() == 0));
+        let unique: std::collections::HashSet<u64> = ids.iter().map(|id| id.as_u64()).collect();
+        assert_eq!(unique.len(), ids.len(), "ids are unique");
+
+        // push across shards, both ways
+        let b_id = ids[b];
+        clients[a].1.text(&format!("to:{}:hello b", b_id.as_u64()));
+        assert_eq!(clients[b].1.recv_text(), "hello b");
+        let a_id = ids[a];
+        clients[b].1.text(&format!("to:{}:hello a", a_id.as_u64()));
+        assert_eq!(clients[a].1.recv_text(), "hello a");
+
+        // broadcast reaches everyone, sender included
+        clients[a].1.text("all:everyone");
+        for (_, c) in clients.iter_mut() {
+            assert_eq!(c.recv_text(), "everyone");
+        }
+
+        // publish: one order for all subscribers
+        for i in 0..20 {
+            let k = if i % 2 == 0 { a } else { b };
+            clients[k].1.text(&format!("news:{i}"));
+        }
+        let mut orders = Vec::new();
+        for (_, c) in clients.iter_mut() {
+            orders.push((0..20).map(|_| c.recv_text()).collect::<Vec<_>>());
+        }
+        assert!(orders.windows(2).all(|w| w[0] == w[1]), "{orders:?}");
+
+        // unsubscribe: no more news for b
+        clients[b].1.text("leave");
+        assert_eq!(clients[b].1.recv_text(), "left");
+        clients[a].1.text("news:after");
+        for (i, (_, c)) in clients.iter_mut().enumerate() {
+            if i != b {
+                assert_eq!(c.recv_text(), "after");
+            }
+        }
+        clients[b].1.text("bump");
+        assert_eq!(clients[b].1.recv_text(), "n:1", "b got nothing else first");
+
+        // per-connection data
+        clients[a].1.text("bump");
+        assert_eq!(clients[a].1.recv_text(), "n:1");
+        clients[a].1.text("bump");
+        assert_eq!(clients[a].1.recv_text(), "n:2");
+
+        // counts
+        clients[a].1.text("count");
+        let count = clients[a].1.recv_text();
+        let parts: Vec<&str> = count.split(':').collect();
+        assert_eq!(parts[1].parse::<usize>().unwrap(), clients.len(), "{count}");
+        assert!(parts[2].parse::<usize>().unwrap() >= 1);
+
+        // the handle works from another thread
+        let h = running.handle();
+        assert_eq!(h.connection_count(), clients.len());
+        h.broadcast("from outside");
+        for (_, c) in clients.iter_mut() {
+            assert_eq!(c.recv_text(), "from outside");
+        }
+        assert!(h.push(b_id, "pushed from outside"));
+        assert_eq!(clients[b].1.recv_text(), "pushed from outside");
+
+        // close with a code
+        clients[a].1.text("close");
+        assert_eq!(clients[a].1.recv_close_code(), 4000);
+
+        // graceful stop: 1001 for the rest
+        h.stop(Duration::from_secs(5));
+        for (i, (_, c)) in clients.iter_mut().enumerate() {
+            if i != a {
+                assert_eq!(c.recv_close_code(), 1001);
+            }
+        }
+        drop(clients);
+        running.join().unwrap();
+    }
+}

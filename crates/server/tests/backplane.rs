@@ -1,0 +1,709 @@
+//! Backplane component tests against a real `redis-server` (one per test, on a free port,
+//! in a temporary directory). Each `Backplane` is one "node". Waits poll with generous
+//! deadlines so a loaded 2-core machine does not make them flaky.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ringcast::backplane::{
+    Backplane, BackplaneConfig, BackplaneError, FailedOp, Inbound, SendError,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+// ---------------------------------------------------------------- redis-server
+
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn redis_binary() -> String {
+    std::env::var("RINGCAST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
+}
+
+impl Redis {
+    fn start() -> Redis {
+        Redis::start_on(free_port())
+    }
+
+    fn start_on(port: u16) -> Redis {
+        let dir = std::env::temp_dir().join(format!(
+            "ringcast-backplane-test-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut r = Redis {
+            child: None,
+            port,
+            dir,
+        };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.join("redis.log")).unwrap();
+        let child = Command::new(redis_binary())
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn();
+        let child = match child {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                "`{}` not found: these tests need a real Redis. Run ./scripts/install-test-deps.sh \
+                 (or set RINGCAST_REDIS_SERVER to the redis-server binary)",
+                redis_binary()
+            ),
+            Err(e) => panic!("cannot run {}: {e}", redis_binary()),
+        };
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(Resp::Simple(s)) = try_resp(self.port, &[b"PING"]) {
+                if s == "PONG" {
+                    return;
+                }
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
+                panic!("redis-server exited ({status}) on port {}:\n{log}", self.port);
+            }
+            assert!(Instant::now() < deadline, "redis-server did not answer PING");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, like a crash.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Same port, empty data set.
+    fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn cmd(&self, args: &[&[u8]]) -> Resp {
+        try_resp(self.port, args).expect("redis command")
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Minimal RESP client for checks and for injecting foreign messages.
+#[derive(Debug, PartialEq)]
+enum Resp {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Vec<Resp>),
+}
+
+fn try_resp(port: u16, args: &[&[u8]]) -> std::io::Result<Resp> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    s.write_all(&out)?;
+    read_resp(&mut BufReader::new(s))
+}
+
+fn read_resp(r: &mut impl BufRead) -> std::io::Result<Resp> {
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let line = line.trim_end();
+    if line.is_empty() {
+        return Err(std::io::Error::other("connection closed"));
+    }
+    let (kind, rest) = line.split_at(1);
+    let num = || rest.parse::<i64>().map_err(std::io::Error::other);
+    Ok(match kind {
+        "+" => Resp::Simple(rest.to_string()),
+        "-" => Resp::Error(rest.to_string()),
+        ":" => Resp::Int(num()?),
+        "$" if num()? < 0 => Resp::Bulk(None),
+        "$" => {
+            let mut b = vec![0; num()? as usize + 2];
+            r.read_exact(&mut b)?;
+            b.truncate(b.len() - 2);
+            Resp::Bulk(Some(b))
+        }
+        "*" => Resp::Array(
+            (0..num()?.max(0))
+                .map(|_| read_resp(r))
+                .collect::<Result<_, _>>()?,
+        ),
+        _ => return Err(std::io::Error::other(format!("bad reply {line}"))),
+    })
+}
+
+// ---------------------------------------------------------------- nodes and events
+
+/// Collects a node's events.
+#[derive(Clone, Default)]
+struct Events(Arc<(Mutex<Vec<Inbound>>, Condvar)>);
+
+impl Events {
+    fn sink(&self) -> impl Fn(Inbound) + Send + 'static {
+        let me = self.clone();
+        move |ev| {
+            me.0 .0.lock().unwrap().push(ev);
+            me.0 .1.notify_all();
+        }
+    }
+
+    /// Waits until `f` finds what it wants in the events so far.
+    fn wait_for<T>(&self, what: &str, mut f: impl FnMut(&[Inbound]) -> Option<T>) -> T {
+        let deadline = Instant::now() + WAIT;
+        let mut evs = self.0 .0.lock().unwrap();
+        loop {
+            if let Some(v) = f(&evs) {
+                return v;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let tail: Vec<_> = evs.iter().rev().take(20).collect();
+                panic!("timed out waiting for {what}; last events (newest first): {tail:#?}");
+            }
+            evs = self.0 .1.wait_timeout(evs, deadline - now).unwrap().0;
+        }
+    }
+
+    fn all(&self) -> Vec<Inbound> {
+        self.0 .0.lock().unwrap().clone()
+    }
+
+    fn messages(&self, topic: &str) -> Vec<Bytes> {
+        msgs(&self.all(), topic)
+    }
+}
+
+/// Payloads of the messages on `topic`, in arrival order.
+fn msgs(evs: &[Inbound], topic: &str) -> Vec<Bytes> {
+    evs.iter()
+        .filter_map(|e| match e {
+            Inbound::Message {
+                topic: t, payload, ..
+            } if t == topic => Some(payload.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn has(evs: &[Inbound], f: impl Fn(&Inbound) -> bool) -> Option<()> {
+    evs.iter().any(f).then_some(())
+}
+
+/// Test timings: fast heartbeat/reconnect so the tests run in seconds.
+fn config(url: &str) -> BackplaneConfig {
+    let mut c = BackplaneConfig::new(url);
+    c.prefix = "rctest".into();
+    c.heartbeat = Duration::from_millis(250);
+    c.node_ttl = Duration::from_millis(1500);
+    c.reconnect_min = Duration::from_millis(50);
+    c.reconnect_max = Duration::from_millis(500);
+    c
+}
+
+/// Backplane log lines go to the test's captured output (shown when a test fails).
+fn init_log() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("ringcast=debug"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+fn node(cfg: BackplaneConfig) -> (Backplane, Events) {
+    init_log();
+    let ev = Events::default();
+    let bp = Backplane::start(cfg, ev.sink()).expect("backplane start");
+    (bp, ev)
+}
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+fn counter(bp: &Backplane, name: &str) -> u64 {
+    let mut out = String::new();
+    bp.stats().render(&mut out);
+    out.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("{name} missing in:\n{out}"))
+        .parse()
+        .unwrap()
+}
+
+fn barrier(bp: &Backplane, ev: &Events, tag: u64) {
+    bp.barrier(tag).unwrap();
+    ev.wait_for("barrier", |e| {
+        has(e, |x| matches!(x, Inbound::Barrier { tag: t } if *t == tag))
+    });
+}
+
+fn member_event(evs: &[Inbound], room: &str, joined: bool, members: u64) -> Option<()> {
+    has(evs, |x| {
+        matches!(x, Inbound::Member { room: r, joined: j, members: m, cluster: true, .. }
+            if r == room && *j == joined && *m == members)
+    })
+}
+
+fn count_event(evs: &[Inbound], room: &str, members: u64) -> Option<()> {
+    has(evs, |x| matches!(x, Inbound::Count { room: r, members: m } if r == room && *m == members))
+}
+
+// ---------------------------------------------------------------- tests
+
+#[test]
+fn every_node_sees_one_order_under_concurrent_publishers() {
+    let redis = Redis::start();
+    let (a, ea) = node(config(&redis.url()));
+    let (bn, eb) = node(config(&redis.url()));
+    assert_ne!(a.node_id(), bn.node_id());
+    a.join("chat", 1, b("alice")).unwrap();
+    bn.join("chat", 2, b("bob")).unwrap();
+    for e in [&ea, &eb] {
+        e.wait_for("second join", |ev| member_event(ev, "chat", true, 2));
+    }
+
+    const PER: usize = 500;
+    let senders: Vec<(Backplane, u64)> = vec![(a.clone(), 1), (a.clone(), 2), (bn.clone(), 3), (bn.clone(), 4)];
+    let threads: Vec<_> = senders
+        .into_iter()
+        .map(|(bp, id)| {
+            thread::spawn(move || {
+                for i in 0..PER {
+                    let msg = b(&format!("{id}:{i}"));
+                    while let Err(e) = bp.publish("chat", msg.clone(), Some(id)) {
+                        assert_eq!(e, SendError::Full);
+                        thread::yield_now();
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let total = 4 * PER;
+    for e in [&ea, &eb] {
+        e.wait_for("all messages", |ev| {
+            let n = ev
+                .iter()
+                .filter(|x| matches!(x, Inbound::Message { topic, .. } if topic == "chat"))
+                .count();
+            (n >= total).then_some(())
+        });
+    }
+    let (ma, mb) = (ea.messages("chat"), eb.messages("chat"));
+    assert_eq!(ma.len(), total, "node A got duplicates");
+    assert_eq!(ma, mb, "the two nodes saw different orders");
+    // Each sender's messages in send order, none missing.
+    let mut next: HashMap<String, usize> = HashMap::new();
+    for m in &ma {
+        let s = std::str::from_utf8(m).unwrap();
+        let (id, i) = s.split_once(':').unwrap();
+        let want = next.entry(id.to_string()).or_insert(0);
+        assert_eq!(i.parse::<usize>().unwrap(), *want, "sender {id} out of order");
+        *want += 1;
+    }
+    assert!(next.values().all(|&n| n == PER));
+    // Origins come back with the messages.
+    assert!(ea.all().iter().any(|x| matches!(x, Inbound::Message { origin: Some(3), .. })));
+    assert!(counter(&a, "ringcast_backplane_published_total") >= 2 * PER as u64);
+    assert!(counter(&bn, "ringcast_backplane_received_total") >= total as u64);
+    assert_eq!(counter(&a, "ringcast_backplane_errors_total"), 0);
+}
+
+#[test]
+fn unsubscribe_stops_delivery_and_subscriptions_are_refcounted() {
+    let redis = Redis::start();
+    let (a, ea) = node(config(&redis.url()));
+    let (bn, _eb) = node(config(&redis.url()));
+    // Two references on "news", one on "marker".
+    a.subscribe("news").unwrap();
+    a.subscribe("news").unwrap();
+    a.subscribe("marker").unwrap();
+    barrier(&a, &ea, 1);
+
+    bn.publish("news", b("1"), None).unwrap();
+    ea.wait_for("news 1", |e| (msgs(e, "news").len() == 1).then_some(()));
+
+    // One reference left: still subscribed.
+    a.unsubscribe("news");
+    barrier(&a, &ea, 2);
+    bn.publish("news", b("2"), None).unwrap();
+    ea.wait_for("news 2", |e| (msgs(e, "news").len() == 2).then_some(()));
+
+    // Last reference gone: nothing more arrives, even from this node itself.
+    a.unsubscribe("news");
+    barrier(&a, &ea, 3);
+    bn.publish("news", b("3"), None).unwrap();
+    a.publish("news", b("4"), None).unwrap();
+    bn.publish("marker", b("end"), None).unwrap();
+    ea.wait_for("marker", |e| (!msgs(e, "marker").is_empty()).then_some(()));
+    // Redis delivers B's "news 3" before B's "marker" if A were still subscribed.
+    assert_eq!(ea.messages("news"), vec![b("1"), b("2")]);
+    // An unbalanced unsubscribe is an error, not a crash.
+    let before = counter(&a, "ringcast_backplane_errors_total");
+    a.unsubscribe("news");
+    barrier(&a, &ea, 4);
+    assert_eq!(counter(&a, "ringcast_backplane_errors_total"), before + 1);
+}
+
+#[test]
+fn push_reaches_a_connection_on_another_node() {
+    let redis = Redis::start();
+    let (a, ea) = node(config(&redis.url()));
+    let (bn, eb) = node(config(&redis.url()));
+
+    a.push(bn.node_id(), 77, b("hello b"), Some(5)).unwrap();
+    eb.wait_for("push", |e| {
+        has(e, |x| {
+            matches!(x, Inbound::Push { conn: 77, origin: Some(5), payload } if payload == "hello b")
+        })
+    });
+    // To itself: looped back without Redis.
+    a.push(a.node_id(), 78, b("self"), None).unwrap();
+    ea.wait_for("loopback push", |e| {
+        has(e, |x| matches!(x, Inbound::Push { conn: 78, .. }))
+    });
+    // To a node nobody runs: a Failed event for the origin, counted.
+    let ghost = (a.node_id().max(bn.node_id()) % 60_000) + 1000;
+    a.push(ghost, 1, b("lost"), Some(6)).unwrap();
+    ea.wait_for("push failure", |e| {
+        has(e, |x| {
+            matches!(x, Inbound::Failed { op: FailedOp::Push { node, conn: 1 }, origin: Some(6), payload, .. }
+                if *node == ghost && payload == "lost")
+        })
+    });
+    assert_eq!(counter(&a, "ringcast_backplane_errors_total"), 1);
+    assert!(eb.all().iter().all(|x| !matches!(x, Inbound::Failed { .. })));
+}
+
+#[test]
+fn member_counts_are_cluster_wide_and_dead_nodes_drop_out() {
+    let redis = Redis::start();
+    let cfg = config(&redis.url());
+    let (a, ea) = node(cfg.clone());
+    let (bn, eb) = node(cfg.clone());
+    let (c, ec) = node(cfg.clone());
+
+    a.join("room", 11, b("a1")).unwrap();
+    ea.wait_for("a1 joined", |e| member_event(e, "room", true, 1));
+    bn.join("room", 21, b("b1")).unwrap();
+    bn.join("room", 22, b("b2")).unwrap();
+    for e in [&ea, &eb] {
+        e.wait_for("b2 joined", |e| member_event(e, "room", true, 3));
+    }
+    // The join event carries the joining conn and the payload.
+    assert!(ea.all().iter().any(|x| matches!(x,
+        Inbound::Member { conn: 22, joined: true, members: 3, payload, .. } if payload == "b2")));
+    c.join("room", 31, b("c1")).unwrap();
+    for e in [&ea, &eb, &ec] {
+        e.wait_for("c1 joined", |e| member_event(e, "room", true, 4));
+    }
+    bn.leave("room", 21, b("b1"));
+    for e in [&ea, &eb, &ec] {
+        e.wait_for("b1 left", |e| member_event(e, "room", false, 3));
+    }
+
+    // C dies without a word: its member drops out within node_ttl + heartbeat.
+    let died = Instant::now();
+    drop(c);
+    for e in [&ea, &eb] {
+        e.wait_for("C's member reaped", |e| count_event(e, "room", 2));
+    }
+    let took = died.elapsed();
+    assert!(
+        took <= cfg.node_ttl + cfg.heartbeat * 4 + Duration::from_secs(3),
+        "dead node took {took:?} to drop out"
+    );
+    assert!(took >= cfg.node_ttl / 2, "reaped too early ({took:?})");
+    // The next join counts only live nodes.
+    a.join("room", 12, b("a2")).unwrap();
+    eb.wait_for("a2 joined", |e| member_event(e, "room", true, 3));
+
+    // A clean shutdown removes B's members at once.
+    assert!(bn.shutdown(Duration::from_secs(10)));
+    ea.wait_for("B left cleanly", |e| count_event(e, "room", 2));
+    assert_eq!(bn.publish("room", b("x"), None), Err(SendError::Closed));
+    assert!(!bn.is_up());
+
+    // Heartbeats (PING on the subscription connection included) kept A up throughout.
+    assert!(ea.all().iter().all(|x| !matches!(x, Inbound::Down { .. })));
+    assert_eq!(counter(&a, "ringcast_backplane_reconnects_total"), 0);
+
+    // Redis data: only A's field remains, B's and C's liveness keys are gone.
+    let hash = redis.cmd(&[b"HGETALL", b"rctest:members:room"]);
+    assert_eq!(
+        hash,
+        Resp::Array(vec![
+            Resp::Bulk(Some(a.node_id().to_string().into_bytes())),
+            Resp::Bulk(Some(b"2".to_vec())),
+        ])
+    );
+    for n in [bn.node_id()] {
+        let key = format!("rctest:alive:{n}");
+        assert_eq!(redis.cmd(&[b"EXISTS", key.as_bytes()]), Resp::Int(0));
+    }
+}
+
+#[test]
+fn recovers_from_a_redis_restart() {
+    let mut redis = Redis::start();
+    let (a, ea) = node(config(&redis.url()));
+    let (bn, eb) = node(config(&redis.url()));
+    a.join("room", 1, b("a1")).unwrap();
+    bn.join("room", 2, b("b1")).unwrap();
+    for e in [&ea, &eb] {
+        e.wait_for("both joined", |e| member_event(e, "room", true, 2));
+    }
+    a.publish("room", b("before"), Some(1)).unwrap();
+    eb.wait_for("before", |e| (msgs(e, "room") == vec![b("before")]).then_some(()));
+
+    redis.kill();
+    for e in [&ea, &eb] {
+        e.wait_for("down", |e| has(e, |x| matches!(x, Inbound::Down { .. })));
+    }
+    assert!(!a.is_up() && !bn.is_up());
+    assert_eq!(counter(&a, "ringcast_backplane_up"), 0);
+
+    // While down: publishes fail back to their origin, counted; joins show locally.
+    let errors = counter(&a, "ringcast_backplane_errors_total");
+    a.publish("room", b("while down"), Some(9)).unwrap();
+    ea.wait_for("failed publish", |e| {
+        has(e, |x| matches!(x, Inbound::Failed { op: FailedOp::Publish, origin: Some(9), topic: Some(t), payload, .. }
+            if t == "room" && payload == "while down"))
+    });
+    assert!(counter(&a, "ringcast_backplane_errors_total") > errors);
+    a.join("room", 3, b("a2")).unwrap();
+    ea.wait_for("local join", |e| {
+        has(e, |x| matches!(x, Inbound::Member { conn: 3, members: 2, cluster: false, .. }))
+    });
+
+    redis.restart();
+    for e in [&ea, &eb] {
+        e.wait_for("up again", |e| {
+            has(e, |x| matches!(x, Inbound::Up { .. }) ).filter(|_| {
+                e.iter().rposition(|x| matches!(x, Inbound::Up { .. }))
+                    > e.iter().rposition(|x| matches!(x, Inbound::Down { .. }))
+            })
+        });
+        // Both re-registered: A has 2 members, B has 1.
+        e.wait_for("counts re-registered", |e| count_event(e, "room", 3));
+    }
+    assert!(a.is_up() && bn.is_up());
+    assert!(counter(&a, "ringcast_backplane_reconnects_total") >= 1);
+    assert!(counter(&bn, "ringcast_backplane_reconnects_total") >= 1);
+
+    // Resubscribed: cross-node delivery works again, both ways.
+    a.publish("room", b("after a"), Some(1)).unwrap();
+    bn.publish("room", b("after b"), Some(2)).unwrap();
+    for e in [&ea, &eb] {
+        e.wait_for("after", |e| {
+            let m = msgs(e, "room");
+            (m.contains(&b("after a")) && m.contains(&b("after b"))).then_some(())
+        });
+    }
+    assert_eq!(ea.messages("room"), eb.messages("room"));
+    bn.push(a.node_id(), 1, b("push after"), None).unwrap();
+    ea.wait_for("push after restart", |e| has(e, |x| matches!(x, Inbound::Push { payload, .. } if payload == "push after")));
+    // A join now counts every member of both nodes.
+    bn.join("room", 4, b("b2")).unwrap();
+    ea.wait_for("join after restart", |e| member_event(e, "room", true, 4));
+}
+
+#[test]
+fn unreachable_redis_at_start() {
+    let port = free_port(); // nothing listens here
+    let url = format!("redis://127.0.0.1:{port}/0");
+
+    let t = Instant::now();
+    let err = Backplane::start(config(&url), |_| {}).unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(15), "start took {:?}", t.elapsed());
+    assert!(matches!(err, BackplaneError::Connect { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains(&format!("127.0.0.1:{port}")) && msg.contains("--redis-optional"), "{msg}");
+
+    let bad = Backplane::start(config("http://nope"), |_| {}).unwrap_err();
+    assert!(matches!(bad, BackplaneError::Config(_)), "{bad:?}");
+
+    // Optional: starts disconnected with the given id and connects once Redis is there.
+    let mut cfg = config(&url);
+    cfg.optional = true;
+    cfg.node_id = Some(42);
+    let (a, ea) = node(cfg);
+    assert_eq!(a.node_id(), 42);
+    assert!(!a.is_up());
+    a.publish("t", b("early"), Some(7)).unwrap();
+    ea.wait_for("failed early publish", |e| {
+        has(e, |x| matches!(x, Inbound::Failed { origin: Some(7), .. }))
+    });
+    a.subscribe("t").unwrap();
+
+    let _redis = Redis::start_on(port);
+    ea.wait_for("up", |e| has(e, |x| matches!(x, Inbound::Up { node: 42 })));
+    assert!(a.is_up());
+    a.publish("t", b("late"), Some(7)).unwrap();
+    ea.wait_for("late message", |e| (msgs(e, "t") == vec![b("late")]).then_some(()));
+    // The first connection is not a reconnect.
+    assert_eq!(counter(&a, "ringcast_backplane_reconnects_total"), 0);
+}
+
+#[test]
+fn fixed_node_id_held_by_a_live_node_is_refused() {
+    let redis = Redis::start();
+    let mut cfg = config(&redis.url());
+    cfg.node_id = Some(7);
+    let (_a, _ea) = node(cfg.clone());
+    let err = Backplane::start(cfg, |_| {}).unwrap_err();
+    assert_eq!(err, BackplaneError::NodeIdInUse { node: 7 });
+    assert!(err.to_string().contains("node id 7"));
+}
+
+#[test]
+fn full_queue_is_refused_and_counted() {
+    // No Redis at all: every publish fails, and the callback blocks on the first one so
+    // the backplane thread stops draining its queue.
+    let mut cfg = config(&format!("redis://127.0.0.1:{}/0", free_port()));
+    cfg.optional = true;
+    cfg.queue_capacity = 8;
+    let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let entered = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicU64::new(0));
+    let (g, en, f) = (gate.clone(), entered.clone(), failed.clone());
+    let a = Backplane::start(cfg, move |ev| {
+        if matches!(ev, Inbound::Failed { .. }) {
+            f.fetch_add(1, Ordering::SeqCst);
+            en.store(true, Ordering::SeqCst);
+            let mut open = g.0.lock().unwrap();
+            while !*open {
+                open = g.1.wait(open).unwrap();
+            }
+        }
+    })
+    .unwrap();
+    a.publish("t", b("first"), Some(1)).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !entered.load(Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "first publish never failed");
+        thread::sleep(Duration::from_millis(5));
+    }
+    for i in 0..8 {
+        a.publish("t", b("queued"), Some(i)).unwrap();
+    }
+    assert_eq!(a.publish("t", b("one too many"), Some(99)), Err(SendError::Full));
+    assert_eq!(a.join("room", 1, b("x")), Err(SendError::Full));
+    // Releases are never refused.
+    a.unsubscribe("t");
+    // The first failed publish + 2 refusals.
+    assert_eq!(counter(&a, "ringcast_backplane_errors_total"), 3);
+
+    *gate.0.lock().unwrap() = true;
+    gate.1.notify_all();
+    let deadline = Instant::now() + WAIT;
+    while failed.load(Ordering::SeqCst) < 9 {
+        assert!(Instant::now() < deadline, "queued publishes were not failed back");
+        thread::sleep(Duration::from_millis(5));
+    }
+    // 2 refusals + 9 failed publishes + 1 unbalanced unsubscribe.
+    let deadline = Instant::now() + WAIT;
+    while counter(&a, "ringcast_backplane_errors_total") < 12 {
+        assert!(Instant::now() < deadline);
+        thread::sleep(Duration::from_millis(5));
+    }
+    a.publish("t", b("room again"), None).unwrap();
+}
+
+#[test]
+fn malformed_messages_are_counted_and_dropped() {
+    let redis = Redis::start();
+    let (a, ea) = node(config(&redis.url()));
+    a.subscribe("t").unwrap();
+    barrier(&a, &ea, 1);
+    redis.cmd(&[b"PUBLISH", b"rctest:topic:t", b"garbage"]);
+    redis.cmd(&[b"PUBLISH", b"rctest:topic:t", b"rc1 p 1 -\nx"]);
+    let node_channel = format!("rctest:node:{}", a.node_id());
+    redis.cmd(&[b"PUBLISH", node_channel.as_bytes(), b"rc1 m -\nx"]);
+    redis.cmd(&[b"PUBLISH", b"rctest:topic:t", b"rc1 m 5\nfine"]);
+    ea.wait_for("valid message", |e| (!msgs(e, "t").is_empty()).then_some(()));
+    assert_eq!(ea.messages("t"), vec![b("fine")]);
+    assert_eq!(counter(&a, "ringcast_backplane_errors_total"), 3);
+    assert!(a.is_up());
+}
+
+#[test]
+fn round_trip_latency_report() {
+    // Not a benchmark: prints what routing through Redis costs on this machine.
+    let redis = Redis::start();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let a = Backplane::start(config(&redis.url()), move |ev| {
+        if let Inbound::Message { .. } | Inbound::Barrier { .. } = ev {
+            let _ = tx.send(Instant::now());
+        }
+    })
+    .unwrap();
+    a.subscribe("lat").unwrap();
+    a.barrier(0).unwrap();
+    rx.recv_timeout(WAIT).unwrap();
+    let mut us: Vec<u128> = (0..1000)
+        .map(|_| {
+            let t = Instant::now();
+            a.publish("lat", b("x"), None).unwrap();
+            (rx.recv_timeout(WAIT).unwrap() - t).as_micros()
+        })
+        .collect();
+    us.sort_unstable();
+    eprintln!(
+        "publish -> Redis -> deliver round trip over {} runs: p50 {} us, p99 {} us, max {} us",
+        us.len(),
+        us[us.len() / 2],
+        us[us.len() * 99 / 100],
+        us[us.len() - 1]
+    );
+}

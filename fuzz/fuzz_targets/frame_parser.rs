@@ -1,0 +1,99 @@
+//! Frame parser fuzz target.
+//!
+//! Input: one config byte, one split byte, then the byte stream. The stream
+//! is decoded twice, as one chunk and cut into small chunks; both runs must
+//! give the same messages and the same error (chunking must not matter),
+//! and buffering must stay within the configured bounds.
+#![no_main]
+
+use std::ops::ControlFlow;
+
+use libfuzzer_sys::fuzz_target;
+use ringcast_codec::{is_valid_wire_code, Decoder, DecoderConfig, Message, ProtocolError, Role};
+
+#[derive(Debug, PartialEq, Eq)]
+enum Owned {
+    Text(String),
+    Binary(Vec<u8>),
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+    Close(Option<(u16, String)>),
+}
+
+fn run(
+    cfg: DecoderConfig,
+    input: &[u8],
+    split: u8,
+) -> (Vec<Owned>, Option<ProtocolError>) {
+    let mut dec = Decoder::new(cfg);
+    let mut out = Vec::new();
+    let mut pos = 0;
+    let mut step = 0usize;
+    while pos < input.len() {
+        let n = if split == 0 {
+            input.len()
+        } else {
+            // Varying small chunk sizes: 1..=split, cycling.
+            1 + (step * 7 + split as usize) % split as usize
+        };
+        step += 1;
+        let end = input.len().min(pos + n);
+        let mut chunk = input[pos..end].to_vec();
+        pos = end;
+        let r = dec.decode(&mut chunk, |m| {
+            out.push(match m {
+                Message::Text(s) => {
+                    assert!(std::str::from_utf8(s.as_bytes()).is_ok());
+                    Owned::Text(s.to_owned())
+                }
+                Message::Binary(b) => {
+                    assert!(b.len() <= cfg.max_message_size);
+                    Owned::Binary(b.to_vec())
+                }
+                Message::Ping(b) => {
+                    assert!(b.len() <= 125);
+                    Owned::Ping(b.to_vec())
+                }
+                Message::Pong(b) => {
+                    assert!(b.len() <= 125);
+                    Owned::Pong(b.to_vec())
+                }
+                Message::Close(c) => {
+                    if let Some(c) = c {
+                        assert!(is_valid_wire_code(c.code));
+                    }
+                    Owned::Close(c.map(|c| (c.code, c.reason.to_owned())))
+                }
+            });
+            ControlFlow::Continue(())
+        });
+        // Partial header (14) + partial control frame (125) + message.
+        assert!(dec.buffered() <= cfg.max_message_size + 14 + 125);
+        assert!(dec.capacity() <= cfg.max_message_size);
+        if let Err(e) = r {
+            assert!(matches!(e.code, 1002 | 1007 | 1009), "{e}");
+            // Failure is sticky.
+            assert_eq!(dec.decode(&mut [0x81, 0x80, 0, 0, 0, 0], |_| ControlFlow::Continue(())), Err(e));
+            return (out, Some(e));
+        }
+    }
+    (out, None)
+}
+
+fuzz_target!(|data: &[u8]| {
+    let [conf, split, input @ ..] = data else {
+        return;
+    };
+    let cfg = DecoderConfig {
+        role: if conf & 1 == 0 { Role::Server } else { Role::Client },
+        max_message_size: if conf & 2 != 0 {
+            1 << 20
+        } else {
+            ((conf >> 2) & 0x1F) as usize * 37
+        },
+        allow_rsv1: conf & 0x80 != 0,
+    };
+    let whole = run(cfg, input, 0);
+    let pieces = run(cfg, input, split % 17);
+    assert_eq!(whole, pieces);
+});

@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# `make bench`: one benchmark run on this machine.
+#
+#  1. release build of the server, the load generator and the two peers;
+#  2. the codec's criterion benches with short measurement times;
+#  3. the load-test matrix, one server at a time (pinned to SERVER_CPU) and
+#     the generator pinned to GEN_CPU: echo 20 B and 16 KiB, broadcast to
+#     1,000 and 10,000 subscribers, idle memory at 10,000 connections and a
+#     connect storm, against ringcast (io_uring and epoll), tokio-tungstenite
+#     and fastwebsockets;
+#  4. docs/benchmarks/latest.md + SVG charts, and the summary on stdout.
+#
+# Knobs (environment): SERVER_CPU, GEN_CPU, BENCH_DURATION (s per window),
+# BENCH_REPEAT (windows), BENCH_WARMUP (s), BENCH_PORT, CRITERION_ARGS,
+# BENCH_SKIP_CRITERION=1, BENCH_SERVERS (space-separated subset of labels).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+START=$(date +%s)
+SERVER_CPU=${SERVER_CPU:-0}
+GEN_CPU=${GEN_CPU:-1}
+DURATION=${BENCH_DURATION:-3}
+REPEAT=${BENCH_REPEAT:-3}
+WARMUP=${BENCH_WARMUP:-1}
+PORT=${BENCH_PORT:-9700}
+CRITERION_ARGS=${CRITERION_ARGS:---warm-up-time 0.5 --measurement-time 1}
+SERVERS=${BENCH_SERVERS:-ringcast-io-uring ringcast-epoll tokio-tungstenite fastwebsockets}
+
+OUT=target/bench
+RES=$OUT/results
+DOCS=docs/benchmarks
+mkdir -p "$RES" "$OUT/logs" "$DOCS"
+rm -f "$RES"/*.json "$OUT"/logs/*.log
+: >"$OUT/commands.txt"
+: >"$OUT/failures.txt"
+
+log() { printf '\n== %s\n' "$*" >&2; }
+
+if [ "$(nproc)" -lt 2 ] && [ "$SERVER_CPU" != "$GEN_CPU" ]; then
+  echo "bench: only $(nproc) CPU available; server and generator share CPU 0" >&2
+  SERVER_CPU=0
+  GEN_CPU=0
+fi
+command -v taskset >/dev/null || { echo "bench: taskset (util-linux) is required" >&2; exit 2; }
+
+log "release build"
+cargo build --release -p ringcast -p ringcast-loadtest -p peer-tungstenite -p peer-fastws
+LT=target/release/ringcast-loadtest
+
+# -- codec microbenchmarks ----------------------------------------------------
+CRIT_SINCE=$(date +%s)
+if [ "${BENCH_SKIP_CRITERION:-0}" != 1 ]; then
+  log "criterion codec benches ($CRITERION_ARGS)"
+  # shellcheck disable=SC2086 # CRITERION_ARGS is a list of flags
+  if ! cargo bench -p ringcast-benches -- $CRITERION_ARGS >"$OUT/criterion.txt" 2>&1; then
+    echo "criterion benches failed; see $OUT/criterion.txt" | tee -a "$OUT/failures.txt" >&2
+  fi
+fi
+"$LT" criterion-table --since "$CRIT_SINCE" --markdown "$OUT/criterion.md"
+
+# -- servers ------------------------------------------------------------------
+server_cmd() {
+  local addr=127.0.0.1:$PORT
+  case $1 in
+    ringcast-io-uring) echo "target/release/ringcast --listen $addr --backend io-uring --shards 1 --log-level warn" ;;
+    ringcast-epoll) echo "target/release/ringcast --listen $addr --backend epoll --shards 1 --log-level warn" ;;
+    tokio-tungstenite) echo "target/release/peer-tungstenite --listen $addr" ;;
+    fastwebsockets) echo "target/release/peer-fastws --listen $addr" ;;
+    *) echo "unknown server $1" >&2; return 1 ;;
+  esac
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
+
+SERVER_PID=
+start_server() {
+  local label=$1 cmd
+  cmd=$(server_cmd "$label")
+  # A leftover listener would be measured instead of ours.
+  while port_open; do PORT=$((PORT + 1)); cmd=$(server_cmd "$label"); done
+  # shellcheck disable=SC2086 # cmd is a command line built above
+  taskset -c "$SERVER_CPU" $cmd >>"$OUT/logs/$label.log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 100); do
+    port_open && return 0
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "bench: $label did not start listening on $PORT; see $OUT/logs/$label.log" >&2
+  return 1
+}
+
+stop_server() {
+  [ -n "$SERVER_PID" ] || return 0
+  kill -TERM "$SERVER_PID" 2>/dev/null || true
+  for _ in $(seq 150); do
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$SERVER_PID" 2>/dev/null || true
+  wait "$SERVER_PID" 2>/dev/null || true
+  SERVER_PID=
+  # Give the kernel a moment to tear down the old sockets.
+  sleep 0.3
+}
+trap stop_server EXIT
+
+N=0
+# run_case CASE LABEL SCENARIO PATH ARGS...: fresh server, one generator run.
+run_case() {
+  local case=$1 label=$2 scenario=$3 path=$4
+  shift 4
+  N=$((N + 1))
+  start_server "$label" || { echo "$case $label: server failed to start" >>"$OUT/failures.txt"; return 0; }
+  local file
+  file=$(printf '%s/%02d-%s-%s.json' "$RES" "$N" "$case" "$label")
+  local args=("$scenario" --url "ws://127.0.0.1:$PORT$path" --server-pid "$SERVER_PID"
+    --label "$label" --case "$case" --out "$file" --quiet "$@")
+  echo "taskset -c $SERVER_CPU $(server_cmd "$label")" >>"$OUT/commands.txt"
+  echo "taskset -c $GEN_CPU $LT ${args[*]}" >>"$OUT/commands.txt"
+  local rc=0
+  taskset -c "$GEN_CPU" "$LT" "${args[@]}" || rc=$?
+  [ "$rc" = 0 ] || echo "$case $label: ringcast-loadtest exited with $rc" >>"$OUT/failures.txt"
+  stop_server
+}
+
+TIMING=(--duration "$DURATION" --repeat "$REPEAT" --warmup "$WARMUP")
+for label in $SERVERS; do
+  log "load tests against $label (server on CPU $SERVER_CPU, generator on CPU $GEN_CPU)"
+  run_case echo-20B "$label" echo /echo -c 100 -k 4 -s 20 "${TIMING[@]}"
+  run_case echo-16KiB "$label" echo /echo -c 100 -k 4 -s 16384 --binary "${TIMING[@]}"
+  run_case broadcast-1k "$label" broadcast /broadcast -c 1000 -p 1 -k 8 -s 64 "${TIMING[@]}"
+  run_case broadcast-10k "$label" broadcast /broadcast -c 10000 -p 1 -k 8 -s 64 "${TIMING[@]}"
+  run_case idle-10k "$label" idle /echo -c 10000 --settle 2 --duration 2
+  run_case connect "$label" connect /echo -n 5000 --concurrency 64 --repeat "$REPEAT"
+done
+
+# -- report -------------------------------------------------------------------
+log "report"
+ELAPSED=$(($(date +%s) - START))
+SUMMARY=$("$LT" report --input "$RES" --out-dir "$DOCS" --markdown "$OUT/tables.md" \
+  --peers tokio-tungstenite,fastwebsockets)
+
+cpu_model=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
+{
+  echo "# Latest benchmark run"
+  echo
+  echo "Written by \`make bench\` (scripts/bench.sh) on $(date -u '+%Y-%m-%d %H:%M UTC'); the run took ${ELAPSED} s."
+  echo "How to read this: [../benchmarks.md](../benchmarks.md)."
+  echo
+  echo "## Machine"
+  echo
+  echo "- CPU: ${cpu_model:-unknown}, $(nproc) CPUs (\`nproc\`)"
+  echo "- Kernel: $(uname -r)"
+  echo "- Rust: $(rustc --version)"
+  echo "- Load average at the start: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine shows up as noise)"
+  echo "- Pinning: server \`taskset -c $SERVER_CPU\`, generator \`taskset -c $GEN_CPU\`"
+  echo "- Windows: ${WARMUP} s warm-up, then ${REPEAT} × ${DURATION} s; figures are per-field medians of the windows"
+  echo
+  if [ -s "$OUT/failures.txt" ]; then
+    echo "## Problems in this run"
+    echo
+    sed 's/^/- /' "$OUT/failures.txt"
+    echo
+  fi
+  cat "$OUT/tables.md"
+  echo "## Codec microbenchmarks (criterion, \`$CRITERION_ARGS\`)"
+  echo
+  cat "$OUT/criterion.md"
+  echo
+  echo "## Commands"
+  echo
+  echo '```'
+  echo "cargo build --release -p ringcast -p ringcast-loadtest -p peer-tungstenite -p peer-fastws"
+  echo "cargo bench -p ringcast-benches -- $CRITERION_ARGS"
+  cat "$OUT/commands.txt"
+  echo '```'
+} >"$DOCS/latest.md"
+
+log "summary (full tables: $DOCS/latest.md, raw JSON: $RES)"
+echo "$SUMMARY"
+if [ -s "$OUT/failures.txt" ]; then
+  echo
+  echo "Problems:"
+  sed 's/^/  /' "$OUT/failures.txt"
+fi
+echo
+echo "make bench took $(($(date +%s) - START)) s"
+# A failed check in a ringcast run is a bug to look at; peers' failures are
+# reported above but do not fail the run.
+if grep -q '^[^ ]* ringcast' "$OUT/failures.txt"; then
+  exit 1
+fi
