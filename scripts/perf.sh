@@ -81,11 +81,11 @@ echo "perf: folding stacks (perf script) and drawing the flame graph" >&2
 perf script -i "$OUT/perf.data" 2>/dev/null >"$OUT/perf.script"
 SHARES=$("$LT" flamegraph --input "$OUT/perf.script" --output "$DOCS/flamegraph.svg" \
   --title "ringcast ($BACKEND, 1 shard): echo 100 × 4 in flight, 16 KiB binary" \
-  --highlight unmask --highlight utf8 --highlight memmove --highlight memcpy \
-  --highlight copy_to_iter --highlight copy_from_iter)
+  --highlight ringcast_codec::mask --highlight utf8 --highlight memcpy --highlight memmove \
+  --highlight _copy_to_iter --highlight _copy_from_iter)
 
 TOP=$(perf report -i "$OUT/perf.data" --stdio --no-children --sort symbol -g none 2>/dev/null |
-  grep -v '^#' | grep -v '^$' | head -30)
+  awk '!/^#/ && NF { sub(/[ \t]+-[ \t]+-[ \t]*$/, ""); if (++n <= 30) print }')
 {
   echo "make perf: ringcast --backend $BACKEND --shards 1 under 16 KiB binary echo (100 connections × 4 in flight)"
   echo "perf record -e cpu-clock -F $FREQ -g --call-graph $CALL_GRAPH, ${SECONDS_TO_RECORD} s, $(date -u '+%Y-%m-%d %H:%M UTC')"
@@ -94,7 +94,8 @@ TOP=$(perf report -i "$OUT/perf.data" --stdio --no-children --sort symbol -g non
   echo "Top symbols (self time, perf report --no-children):"
   echo "$TOP"
   echo
-  echo "Share of samples in frames matching:"
+  echo "Share of samples in frames matching (ringcast_codec::mask = the unmask loop;"
+  echo "_copy_to_iter / _copy_from_iter = the kernel copying socket data to / from user space):"
   echo "$SHARES"
 } >"$DOCS/perf-top.txt"
 

@@ -8,7 +8,7 @@ use hdrhistogram::Histogram;
 
 use crate::clock::now_ns;
 use crate::engine::{ConnStats, Engine, Handler};
-use crate::run::{finish_result, progress, Common};
+use crate::run::{finish_result, progress, Common, Cpus};
 use crate::stats::{self, Latency, RunResult, Window};
 use crate::sys;
 
@@ -43,7 +43,7 @@ impl Handler for Storm {
 pub fn run(args: &ConnectArgs, common: &Common) -> Result<RunResult, String> {
     let target = common.target("/echo")?;
     common.prepare(args.concurrency)?;
-    let pid = common.server_pid;
+    let cpus = Cpus::detect(common.server_pid);
     let bar = progress(common.quiet);
     let mut result = RunResult {
         scenario: "connect".into(),
@@ -69,8 +69,8 @@ pub fn run(args: &ConnectArgs, common: &Common) -> Result<RunResult, String> {
         };
         let mut engine = Engine::new(common.engine_config(target.clone(), r as u64)?)
             .map_err(|e| e.to_string())?;
-        let (t0, cpu0, srv0) = (now_ns(), sys::self_cpu_ns(), pid.map(sys::proc_cpu_ns));
-        let mut last_check = t0;
+        let start = cpus.snap();
+        let mut last_check = start.t;
         loop {
             if sys::stop_requested() {
                 interrupted = true;
@@ -95,25 +95,16 @@ pub fn run(args: &ConnectArgs, common: &Common) -> Result<RunResult, String> {
                 bar.set_message(format!("{} ok, {} failed", st.opened, st.failed()));
             }
         }
-        let (t1, cpu1, srv1) = (now_ns(), sys::self_cpu_ns(), pid.map(sys::proc_cpu_ns));
+        let end = cpus.snap();
         let st = engine.stats();
-        let secs = (t1 - t0) as f64 / 1e9;
-        let server_ns = match (srv0, srv1) {
-            (Some(Ok(a)), Some(Ok(b))) => Some(b.saturating_sub(a)),
-            _ => None,
-        };
-        result.windows.push(Window {
-            secs,
+        let mut w = Window {
             messages: st.opened,
-            msgs_per_sec: st.opened as f64 / secs,
-            generator_cpu: (cpu1 - cpu0) as f64 / 1e9 / secs,
-            server_cpu: server_ns.map(|ns| ns as f64 / 1e9 / secs),
-            server_cpu_ns_per_msg: server_ns
-                .filter(|_| st.opened > 0)
-                .map(|ns| ns as f64 / st.opened as f64),
             latency: Latency::from_histogram(&storm.hist),
             ..Window::default()
-        });
+        };
+        start.fill(&end, st.opened, &mut w);
+        w.msgs_per_sec = st.opened as f64 / w.secs;
+        result.windows.push(w);
         merged.add(&storm.hist).map_err(|e| e.to_string())?;
         unexpected += storm.unexpected;
         totals.started += st.started;

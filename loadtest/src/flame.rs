@@ -109,7 +109,11 @@ pub fn run(args: &FlameArgs) -> Result<(), String> {
     flamegraph::from_lines(&mut opts, folded.lines(), std::io::BufWriter::new(out))
         .map_err(|e| format!("writing the flame graph: {e}"))?;
     let (total, list) = shares(&folded, &args.highlight);
-    eprintln!("flamegraph: {} samples -> {}", total, args.output.display());
+    // perf's folder weighs each sample by its period (ns for cpu-clock).
+    eprintln!(
+        "flamegraph: total weight {total} -> {}",
+        args.output.display()
+    );
     for s in list {
         println!(
             "frames matching {:?}: {:.1}% of samples on the stack, {:.1}% self",

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::stats::{fmt_us, thousands, unit_one, RunResult};
+use crate::stats::{fmt_us, thousands, unit_one, RunResult, NOISE};
 
 /// Arguments of `report`.
 #[derive(clap::Args, Debug, Clone)]
@@ -294,6 +294,12 @@ fn status(r: &RunResult) -> String {
     }
     if r.generator_saturated {
         s.push("generator saturated".into());
+    }
+    if let Some(n) = r.summary.noise().filter(|n| *n > NOISE) {
+        s.push(format!(
+            "noisy: other processes took {:.0}% of a pinned CPU",
+            n * 100.0
+        ));
     }
     if r.interrupted {
         s.push("interrupted".into());
@@ -657,7 +663,7 @@ fn latency_chart(path: &Path, title: &str, curves: &[(String, Vec<[f64; 2]>)]) -
     chart
         .configure_mesh()
         .x_desc("percentile")
-        .y_desc("latency (µs, log scale)")
+        .y_desc("latency (log scale)")
         .x_labels(x_hi as usize + 1)
         .x_label_formatter(&|x| {
             let p = 100.0 * (1.0 - 10f64.powf(-x));
@@ -671,7 +677,7 @@ fn latency_chart(path: &Path, title: &str, curves: &[(String, Vec<[f64; 2]>)]) -
                 _ => format!("p{p:.3}"),
             }
         })
-        .y_label_formatter(&|y| short(*y))
+        .y_label_formatter(&|y| fmt_us(*y))
         .draw()?;
     for (i, (label, c)) in curves.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
@@ -690,7 +696,7 @@ fn latency_chart(path: &Path, title: &str, curves: &[(String, Vec<[f64; 2]>)]) -
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(SeriesLabelPosition::LowerRight)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()?;

@@ -169,43 +169,100 @@ pub trait Load: Handler {
     fn checks(&mut self) -> Checks;
 }
 
-#[derive(Clone, Copy)]
-struct Snap {
-    t: u64,
-    c: Counters,
-    gen_cpu: u64,
-    server_cpu: Option<u64>,
+/// CPU readings at one instant: ours, the server's, and the busy ticks of
+/// the CPUs each is pinned to (to see other processes' load there).
+#[derive(Clone, Copy, Debug)]
+pub struct CpuSnap {
+    /// Monotonic time.
+    pub t: u64,
+    /// Generator CPU time (ns).
+    pub gen_cpu: u64,
+    /// Server CPU time (ns).
+    pub server_cpu: Option<u64>,
+    gen_ticks: Option<(u64, u64)>,
+    server_ticks: Option<(u64, u64)>,
 }
 
-fn snap(load: &impl Load, pid: Option<u32>) -> Snap {
+/// Which CPUs to watch: the generator's and the server's, when each is
+/// pinned to one.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpus {
+    gen: Option<usize>,
+    server: Option<usize>,
+    pid: Option<u32>,
+}
+
+impl Cpus {
+    /// Looks up the pinning of this process and of `server_pid`.
+    pub fn detect(server_pid: Option<u32>) -> Cpus {
+        Cpus {
+            gen: sys::pinned_cpu(0),
+            server: server_pid.and_then(sys::pinned_cpu),
+            pid: server_pid,
+        }
+    }
+
+    /// Reads everything now.
+    pub fn snap(&self) -> CpuSnap {
+        CpuSnap {
+            t: now_ns(),
+            gen_cpu: sys::self_cpu_ns(),
+            server_cpu: self.pid.and_then(|p| sys::proc_cpu_ns(p).ok()),
+            gen_ticks: self.gen.and_then(sys::cpu_ticks),
+            server_ticks: self.server.and_then(sys::cpu_ticks),
+        }
+    }
+}
+
+impl CpuSnap {
+    /// Fills the CPU fields of `w` from `self` to `b`; `messages` divides
+    /// the server's CPU time.
+    pub fn fill(&self, b: &CpuSnap, messages: u64, w: &mut Window) {
+        let secs = (b.t - self.t) as f64 / 1e9;
+        let server = match (self.server_cpu, b.server_cpu) {
+            (Some(x), Some(y)) => Some(y.saturating_sub(x)),
+            _ => None,
+        };
+        w.secs = secs;
+        w.generator_cpu = (b.gen_cpu - self.gen_cpu) as f64 / 1e9 / secs;
+        w.server_cpu = server.map(|ns| ns as f64 / 1e9 / secs);
+        w.server_cpu_ns_per_msg = server
+            .filter(|_| messages > 0)
+            .map(|ns| ns as f64 / messages as f64);
+        let other = |a: Option<(u64, u64)>, b: Option<(u64, u64)>, own: Option<f64>| {
+            let busy = sys::busy_between(a?, b?)?;
+            Some((busy - own?).max(0.0))
+        };
+        w.generator_cpu_other = other(self.gen_ticks, b.gen_ticks, Some(w.generator_cpu));
+        w.server_cpu_other = other(self.server_ticks, b.server_ticks, w.server_cpu);
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Snap {
+    c: Counters,
+    cpu: CpuSnap,
+}
+
+fn snap(load: &impl Load, cpus: &Cpus) -> Snap {
     Snap {
-        t: now_ns(),
         c: load.counters(),
-        gen_cpu: sys::self_cpu_ns(),
-        server_cpu: pid.and_then(|p| sys::proc_cpu_ns(p).ok()),
+        cpu: cpus.snap(),
     }
 }
 
 fn window(a: &Snap, b: &Snap, hist: &Histogram<u64>) -> Window {
-    let secs = (b.t - a.t) as f64 / 1e9;
     let messages = b.c.messages - a.c.messages;
-    let server = match (a.server_cpu, b.server_cpu) {
-        (Some(x), Some(y)) => Some(y.saturating_sub(x)),
-        _ => None,
-    };
-    Window {
-        secs,
+    let mut w = Window {
         messages,
-        msgs_per_sec: messages as f64 / secs,
-        mb_per_sec_out: (b.c.payload_out - a.c.payload_out) as f64 / secs / 1e6,
-        mb_per_sec_in: (b.c.payload_in - a.c.payload_in) as f64 / secs / 1e6,
-        generator_cpu: (b.gen_cpu - a.gen_cpu) as f64 / 1e9 / secs,
-        server_cpu: server.map(|ns| ns as f64 / 1e9 / secs),
-        server_cpu_ns_per_msg: server
-            .filter(|_| messages > 0)
-            .map(|ns| ns as f64 / messages as f64),
         latency: Latency::from_histogram(hist),
-    }
+        ..Window::default()
+    };
+    a.cpu.fill(&b.cpu, messages, &mut w);
+    w.msgs_per_sec = messages as f64 / w.secs;
+    w.mb_per_sec_out = (b.c.payload_out - a.c.payload_out) as f64 / w.secs / 1e6;
+    w.mb_per_sec_in = (b.c.payload_in - a.c.payload_in) as f64 / w.secs / 1e6;
+    w
 }
 
 /// Opens `n` connections with at most `concurrency` in progress at a time.
@@ -257,6 +314,7 @@ pub fn run_load(spec: LoadSpec<'_>, load: &mut impl Load) -> Result<RunResult, S
     c.prepare(spec.connections)?;
     let mut engine = Engine::new(c.engine_config(target.clone(), 0)?).map_err(|e| e.to_string())?;
     let pid = c.server_pid;
+    let cpus = Cpus::detect(pid);
     let rss_before = pid.and_then(|p| sys::proc_rss_bytes(p).ok());
     let bar = progress(c.quiet);
     let mut result = RunResult {
@@ -333,12 +391,12 @@ pub fn run_load(spec: LoadSpec<'_>, load: &mut impl Load) -> Result<RunResult, S
             break;
         }
         bar.set_prefix(format!("window {}/{}", r + 1, c.repeat));
-        let a = snap(load, pid);
+        let a = snap(load, &cpus);
         let finished =
-            run_until(&mut engine, load, a.t + window_ns, &mut clock, &bar).map_err(io)?;
-        let b = snap(load, pid);
+            run_until(&mut engine, load, a.cpu.t + window_ns, &mut clock, &bar).map_err(io)?;
+        let b = snap(load, &cpus);
         let hist = load.take_histogram();
-        if finished || b.t - a.t > 200_000_000 {
+        if finished || b.cpu.t - a.cpu.t > 200_000_000 {
             result.windows.push(window(&a, &b, &hist));
             merged.add(&hist).map_err(|e| e.to_string())?;
         }

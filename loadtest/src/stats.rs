@@ -105,6 +105,13 @@ pub struct Window {
     pub server_cpu: Option<f64>,
     /// Server CPU nanoseconds per counted message, with `--server-pid`.
     pub server_cpu_ns_per_msg: Option<f64>,
+    /// Share of the generator's CPU used by other processes in this window
+    /// (when the generator is pinned to one CPU): noise from elsewhere.
+    #[serde(default)]
+    pub generator_cpu_other: Option<f64>,
+    /// Same for the server's CPU (when it is pinned to one CPU).
+    #[serde(default)]
+    pub server_cpu_other: Option<f64>,
     /// Latency of the messages counted in this window.
     pub latency: Latency,
 }
@@ -142,6 +149,8 @@ pub fn median_window(ws: &[Window]) -> Window {
         generator_cpu: f(|w| w.generator_cpu),
         server_cpu: median_opt(ws.iter().map(|w| w.server_cpu)),
         server_cpu_ns_per_msg: median_opt(ws.iter().map(|w| w.server_cpu_ns_per_msg)),
+        generator_cpu_other: median_opt(ws.iter().map(|w| w.generator_cpu_other)),
+        server_cpu_other: median_opt(ws.iter().map(|w| w.server_cpu_other)),
         latency: Latency {
             count: f(|w| w.latency.count as f64) as u64,
             mean_us: f(|w| w.latency.mean_us),
@@ -255,6 +264,20 @@ pub struct RunResult {
 /// considered saturated.
 pub const SATURATION: f64 = 0.95;
 
+/// Other processes using more than this share of the server's or the
+/// generator's CPU make a window noisy (flagged, not discarded).
+pub const NOISE: f64 = 0.10;
+
+impl Window {
+    /// The larger of the two "other load" shares, if known.
+    pub fn noise(&self) -> Option<f64> {
+        match (self.server_cpu_other, self.generator_cpu_other) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0.0).max(b.unwrap_or(0.0))),
+        }
+    }
+}
+
 /// Formats a count with thousands separators.
 pub fn thousands(x: f64) -> String {
     let s = format!("{:.0}", x.max(0.0));
@@ -320,6 +343,16 @@ impl RunResult {
         line += &format!(", generator CPU {:.0}%", s.generator_cpu * 100.0);
         if self.generator_saturated {
             line += " [GENERATOR SATURATED]";
+        }
+        if s.noise().is_some_and(|n| n > NOISE) {
+            let mut parts = Vec::new();
+            if let Some(x) = s.server_cpu_other {
+                parts.push(format!("{:.0}% of the server's CPU", x * 100.0));
+            }
+            if let Some(x) = s.generator_cpu_other {
+                parts.push(format!("{:.0}% of the generator's", x * 100.0));
+            }
+            line += &format!(" [noisy: other processes took {}]", parts.join(", "));
         }
         if self.interrupted {
             line += " [interrupted]";

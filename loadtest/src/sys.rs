@@ -119,6 +119,47 @@ pub fn cpus_available() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// The one CPU process `pid` (0: this process) may run on, if it is pinned
+/// to exactly one.
+pub fn pinned_cpu(pid: u32) -> Option<usize> {
+    let status = std::fs::read_to_string(if pid == 0 {
+        "/proc/self/status".to_owned()
+    } else {
+        format!("/proc/{pid}/status")
+    })
+    .ok()?;
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?
+        .trim();
+    list.parse().ok()
+}
+
+/// Busy and total clock ticks of one CPU so far, from `/proc/stat`
+/// (busy: everything but idle and iowait).
+pub fn cpu_ticks(cpu: usize) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let name = format!("cpu{cpu}");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest fields are in user)
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// How busy a CPU was between two [`cpu_ticks`] readings (0..=1).
+pub fn busy_between(a: (u64, u64), b: (u64, u64)) -> Option<f64> {
+    let total = b.1.checked_sub(a.1)?;
+    (total > 0).then(|| b.0.saturating_sub(a.0) as f64 / total as f64)
+}
+
 static STOP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_stop_signal(_: libc::c_int) {
@@ -179,6 +220,14 @@ mod tests {
                     250 37 0 0 20 0 3 0 100 1000000 200 18446744073709551615";
         assert_eq!(parse_stat_cpu_ticks(line), Some(287));
         assert_eq!(parse_stat_cpu_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn cpu_ticks_of_cpu0() {
+        let (busy, total) = cpu_ticks(0).unwrap();
+        assert!(busy <= total && total > 0);
+        assert_eq!(busy_between((10, 100), (30, 200)), Some(0.2));
+        assert_eq!(busy_between((10, 100), (10, 100)), None);
     }
 
     #[test]

@@ -49,7 +49,12 @@ fn server(args: &[String]) {
     sigs.add(Signal::SIGINT);
     sigs.add(Signal::SIGTERM);
     sigs.thread_block().unwrap();
-    let cfg = Config { listen, shards: 1, backend, ..Default::default() };
+    let cfg = Config {
+        listen,
+        shards: 1,
+        backend,
+        ..Default::default()
+    };
     let r = start(cfg, |_| Echo).expect("start");
     eprintln!("echo_bench server on {} ({})", listen, r.backend());
     let h = r.handle();

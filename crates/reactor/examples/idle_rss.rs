@@ -47,7 +47,9 @@ fn rss_kib() -> u64 {
 }
 
 fn client(addr: &str, n: usize) {
-    let mut socks: Vec<TcpStream> = (0..n).map(|_| TcpStream::connect(addr).expect("connect")).collect();
+    let mut socks: Vec<TcpStream> = (0..n)
+        .map(|_| TcpStream::connect(addr).expect("connect"))
+        .collect();
     println!("connected");
     let mut cmd = String::new();
     let stdin = std::io::stdin();
@@ -125,8 +127,14 @@ fn main() {
     println!("backend: {}", r.backend());
     println!("connections: {conns}");
     println!("VmRSS before: {rss0} KiB");
-    println!("VmRSS {conns} idle (accepted, nothing received): {rss1} KiB -> {:.0} bytes/connection", per(rss0, rss1));
-    println!("VmRSS after one 64-byte echo each, idle again: {rss2} KiB -> {:.0} bytes/connection", per(rss0, rss2));
+    println!(
+        "VmRSS {conns} idle (accepted, nothing received): {rss1} KiB -> {:.0} bytes/connection",
+        per(rss0, rss1)
+    );
+    println!(
+        "VmRSS after one 64-byte echo each, idle again: {rss2} KiB -> {:.0} bytes/connection",
+        per(rss0, rss2)
+    );
     r.handle().stop(Duration::from_secs(5));
     r.join().unwrap();
 }

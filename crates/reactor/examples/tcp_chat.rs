@@ -46,8 +46,20 @@ impl Chat {
         self.deliver(ctx, from, &line);
         let me = ctx.shard();
         for shard in (0..ctx.shards()).filter(|&s| s != me) {
-            if ctx.mail(shard, Broadcast { from, line: line.clone() }).is_err() {
-                eprintln!("shard {}: mailbox to shard {shard} full; message dropped", ctx.shard());
+            if ctx
+                .mail(
+                    shard,
+                    Broadcast {
+                        from,
+                        line: line.clone(),
+                    },
+                )
+                .is_err()
+            {
+                eprintln!(
+                    "shard {}: mailbox to shard {shard} full; message dropped",
+                    ctx.shard()
+                );
             }
         }
     }
@@ -66,19 +78,33 @@ impl Handler for Chat {
 
     fn on_open(&mut self, ctx: &mut Ctx<'_, Broadcast>, conn: Conn, peer: SocketAddr) {
         let name = format!("{}.{}", ctx.shard(), conn.id());
-        ctx.send(conn, Bytes::from(format!("welcome {peer}, you are [{name}]\n")));
+        ctx.send(
+            conn,
+            Bytes::from(format!("welcome {peer}, you are [{name}]\n")),
+        );
         let notice = Bytes::from(format!("* [{name}] joined\n"));
-        self.clients.insert(conn, Client { name, partial: Vec::new(), slow: false });
+        self.clients.insert(
+            conn,
+            Client {
+                name,
+                partial: Vec::new(),
+                slow: false,
+            },
+        );
         self.broadcast(ctx, (ctx.shard(), conn.id()), notice);
     }
 
     fn on_data(&mut self, ctx: &mut Ctx<'_, Broadcast>, conn: Conn, data: &mut [u8]) {
-        let Some(client) = self.clients.get_mut(&conn) else { return };
+        let Some(client) = self.clients.get_mut(&conn) else {
+            return;
+        };
         client.partial.extend_from_slice(data);
         let mut lines = Vec::new();
         while let Some(nl) = client.partial.iter().position(|&b| b == b'\n') {
             let raw: Vec<u8> = client.partial.drain(..=nl).collect();
-            let text = String::from_utf8_lossy(&raw).trim_end_matches(['\r', '\n']).to_string();
+            let text = String::from_utf8_lossy(&raw)
+                .trim_end_matches(['\r', '\n'])
+                .to_string();
             if !text.is_empty() {
                 lines.push(Bytes::from(format!("[{}] {}\n", client.name, text)));
             }
@@ -127,16 +153,21 @@ fn usage() -> ! {
 }
 
 fn main() {
-    let mut cfg = Config { listen: "127.0.0.1:7000".parse().unwrap(), ..Default::default() };
+    let mut cfg = Config {
+        listen: "127.0.0.1:7000".parse().unwrap(),
+        ..Default::default()
+    };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || args.next().unwrap_or_else(|| usage());
         match a.as_str() {
             "--listen" => cfg.listen = val().parse().unwrap_or_else(|_| usage()),
-            "--backend" => cfg.backend = val().parse::<BackendChoice>().unwrap_or_else(|e| {
-                eprintln!("{e}");
-                usage()
-            }),
+            "--backend" => {
+                cfg.backend = val().parse::<BackendChoice>().unwrap_or_else(|e| {
+                    eprintln!("{e}");
+                    usage()
+                })
+            }
             "--shards" => cfg.shards = val().parse().unwrap_or_else(|_| usage()),
             _ => usage(),
         }
@@ -150,7 +181,9 @@ fn main() {
     sigs.add(Signal::SIGTERM);
     sigs.thread_block().expect("block signals");
 
-    let running = match start(cfg, |_| Chat { clients: HashMap::new() }) {
+    let running = match start(cfg, |_| Chat {
+        clients: HashMap::new(),
+    }) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("tcp_chat: {e}");

@@ -40,13 +40,21 @@ fn pin(cpu: usize) {
     }
 }
 
-fn eventfd_side(cpu: usize, n: usize, initiator: bool, tx: mpsc::Sender<RawFd>, rx: mpsc::Receiver<RawFd>, go: Arc<Barrier>) -> Duration {
+fn eventfd_side(
+    cpu: usize,
+    n: usize,
+    initiator: bool,
+    tx: mpsc::Sender<RawFd>,
+    rx: mpsc::Receiver<RawFd>,
+    go: Arc<Barrier>,
+) -> Duration {
     pin(cpu);
     let mut ring = ring();
     let efd = EventFd::from_flags(EfdFlags::EFD_CLOEXEC).unwrap();
     let mut buf = Box::new([0u8; 8]);
     let arm = |ring: &mut IoUring, buf: &mut [u8; 8]| {
-        let sqe = opcode::Read::new(types::Fd(efd.as_fd().as_raw_fd()), buf.as_mut_ptr(), 8).build();
+        let sqe =
+            opcode::Read::new(types::Fd(efd.as_fd().as_raw_fd()), buf.as_mut_ptr(), 8).build();
         // SAFETY: `buf` is boxed and outlives the ring's use of it: every read
         // is reaped (the loop waits for it) before the next one is armed, and
         // the final one completes before the function returns.
@@ -79,13 +87,20 @@ fn eventfd_side(cpu: usize, n: usize, initiator: bool, tx: mpsc::Sender<RawFd>, 
     }
     let el = t0.elapsed();
     go.wait(); // both done before either closes its eventfd
-    // Reap the last armed read: wake ourselves.
+               // Reap the last armed read: wake ourselves.
     poke(efd.as_fd().as_raw_fd());
     ring.submit_and_wait(1).unwrap();
     el
 }
 
-fn msgring_side(cpu: usize, n: usize, initiator: bool, tx: mpsc::Sender<RawFd>, rx: mpsc::Receiver<RawFd>, go: Arc<Barrier>) -> Duration {
+fn msgring_side(
+    cpu: usize,
+    n: usize,
+    initiator: bool,
+    tx: mpsc::Sender<RawFd>,
+    rx: mpsc::Receiver<RawFd>,
+    go: Arc<Barrier>,
+) -> Duration {
     pin(cpu);
     let mut ring = ring();
     tx.send(ring.as_raw_fd()).unwrap();
@@ -184,7 +199,12 @@ fn waker_cost(samples: usize) -> (Duration, Duration) {
     (ev / samples as u32, mr / samples as u32)
 }
 
-fn pingpong(n: usize, side: fn(usize, usize, bool, mpsc::Sender<RawFd>, mpsc::Receiver<RawFd>, Arc<Barrier>) -> Duration) -> Duration {
+/// One side of a ping-pong: (cpu, iterations, initiator, send my fd, receive
+/// the peer's fd, start/end barrier) -> elapsed.
+type Side =
+    fn(usize, usize, bool, mpsc::Sender<RawFd>, mpsc::Receiver<RawFd>, Arc<Barrier>) -> Duration;
+
+fn pingpong(n: usize, side: Side) -> Duration {
     let (tx_a, rx_b) = mpsc::channel();
     let (tx_b, rx_a) = mpsc::channel();
     let go = Arc::new(Barrier::new(2));
@@ -196,7 +216,10 @@ fn pingpong(n: usize, side: fn(usize, usize, bool, mpsc::Sender<RawFd>, mpsc::Re
 }
 
 fn main() {
-    let n: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000);
     // Warm up both paths once.
     pingpong(n / 10 + 1, eventfd_side);
     pingpong(n / 10 + 1, msgring_side);
@@ -207,6 +230,12 @@ fn main() {
     println!("  MSG_RING            : {:>7.2} us", mr.as_secs_f64() * 1e6);
     let (wev, wmr) = waker_cost(2000);
     println!("waker-side cost of waking a sleeping ring thread (avg of 2000):");
-    println!("  write(eventfd)          : {:>7.2} us", wev.as_secs_f64() * 1e6);
-    println!("  io_uring_enter(MSG_RING): {:>7.2} us", wmr.as_secs_f64() * 1e6);
+    println!(
+        "  write(eventfd)          : {:>7.2} us",
+        wev.as_secs_f64() * 1e6
+    );
+    println!(
+        "  io_uring_enter(MSG_RING): {:>7.2} us",
+        wmr.as_secs_f64() * 1e6
+    );
 }

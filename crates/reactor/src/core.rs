@@ -308,7 +308,12 @@ impl<M: Send + 'static> Core<M> {
             for (t, ob) in self.outboxes.iter_mut().enumerate() {
                 let mb = &self.shared.mailboxes[t];
                 while let Some(m) = ob.pop_front() {
-                    match mb.push(m) {
+                    let r = match mb.push(m) {
+                        Ok(()) => Ok(()),
+                        // Full: ask to be woken when it has room (and retry once).
+                        Err(m) => mb.push_or_want_room(self.shard, m),
+                    };
+                    match r {
                         Ok(()) => {
                             self.outbox_len -= 1;
                             self.touched[t] = true;

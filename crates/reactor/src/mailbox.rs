@@ -28,15 +28,19 @@ pub(crate) struct Mailbox<M> {
     sleeping: AtomicBool,
     /// The shard has exited: further mail is refused.
     closed: AtomicBool,
+    /// `room_wanted[s]`: shard `s` found this queue full and has messages
+    /// waiting in its outbox for us; wake it when we make room.
+    room_wanted: Box<[AtomicBool]>,
     waker: Waker,
 }
 
 impl<M> Mailbox<M> {
-    pub fn new(capacity: usize, nonblocking_waker: bool) -> std::io::Result<Self> {
+    pub fn new(capacity: usize, shards: usize, nonblocking_waker: bool) -> std::io::Result<Self> {
         Ok(Mailbox {
             queue: ArrayQueue::new(capacity),
             sleeping: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            room_wanted: (0..shards).map(|_| AtomicBool::new(false)).collect(),
             waker: Waker::new(nonblocking_waker)?,
         })
     }
@@ -96,6 +100,29 @@ impl<M> Mailbox<M> {
         self.sleeping.store(false, Ordering::Relaxed);
     }
 
+    /// Sender shard `me` found the queue full. Registers interest, then
+    /// retries the push once: the same Dekker handshake as `prepare_sleep` /
+    /// `notify` (flag store, SeqCst fence, re-check) guarantees that either
+    /// this retry sees the room or the consumer's `take_room_wanted` sees the
+    /// flag and wakes us.
+    pub fn push_or_want_room(&self, me: usize, m: M) -> Result<(), M> {
+        if let Some(f) = self.room_wanted.get(me) {
+            f.store(true, Ordering::Relaxed);
+        }
+        fence(Ordering::SeqCst);
+        self.push(m)
+    }
+
+    /// Consumer, after popping: shards that wait for room, to be woken.
+    pub fn take_room_wanted(&self, mut wake: impl FnMut(usize)) {
+        fence(Ordering::SeqCst);
+        for (s, f) in self.room_wanted.iter().enumerate() {
+            if f.load(Ordering::Relaxed) && f.swap(false, Ordering::AcqRel) {
+                wake(s);
+            }
+        }
+    }
+
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
     }
@@ -110,7 +137,7 @@ mod tests {
     /// whenever it sees an empty queue must never miss a message.
     #[test]
     fn no_lost_wakeup() {
-        let mb = Arc::new(Mailbox::<u64>::new(1024, true).unwrap());
+        let mb = Arc::new(Mailbox::<u64>::new(1024, 1, true).unwrap());
         let n: u64 = if cfg!(debug_assertions) {
             50_000
         } else {

@@ -256,8 +256,13 @@ where
     };
     if let Some(e) = failure {
         running.shared.stop(Some(Duration::ZERO));
-        let _ = running.join();
-        return Err(e);
+        let joined = running.join();
+        // A setup panic is better described by the join error.
+        return Err(if ready < n {
+            joined.err().unwrap_or(e)
+        } else {
+            e
+        });
     }
     Ok(running)
 }
@@ -307,7 +312,7 @@ where
             report(Ok(()))?;
             drop(tx);
             let mut sh = Shard { h, core };
-            shard::run(&mut sh, &mut drv)
+            exit_on_error(&shared, i, shard::run(&mut sh, &mut drv))
         }
         Backend::IoUring => {
             let mut drv = match uring::UringDriver::new(listeners, waker, &scfg) {
@@ -318,7 +323,18 @@ where
             report(Ok(()))?;
             drop(tx);
             let mut sh = Shard { h, core };
-            shard::run(&mut sh, &mut drv)
+            exit_on_error(&shared, i, shard::run(&mut sh, &mut drv))
         }
     }
+}
+
+/// A shard that fails stops the others too (as a panic does), so the
+/// process does not keep serving on a subset of its shards unnoticed.
+fn exit_on_error<M>(shared: &Shared<M>, i: usize, r: io::Result<()>) -> io::Result<()> {
+    if let Err(e) = &r {
+        tracing::error!(shard = i, error = %e, "shard failed; stopping all shards");
+        shared.mailboxes[i].close();
+        shared.stop(Some(Duration::ZERO));
+    }
+    r
 }

@@ -129,13 +129,22 @@ impl<H: Handler> Shard<H> {
     }
 
     fn deliver_mail(&mut self) {
-        let mb = self.core.shared.clone();
-        let mb = &mb.mailboxes[self.core.shard];
+        let shared = self.core.shared.clone();
+        let mb = &shared.mailboxes[self.core.shard];
         let n = mb.len().min(MAIL_BUDGET);
         for _ in 0..n {
             let Some(m) = mb.pop() else { break };
             let (h, mut ctx) = self.ctx();
             h.on_mail(&mut ctx, m);
+        }
+        if n > 0 {
+            // We made room: wake shards whose outboxes wait on us.
+            let me = self.core.shard;
+            mb.take_room_wanted(|s| {
+                if s != me {
+                    shared.mailboxes[s].force_wake();
+                }
+            });
         }
     }
 
@@ -262,8 +271,9 @@ pub(crate) fn run<H: Handler, D: Driver>(sh: &mut Shard<H>, drv: &mut D) -> io::
             consider(sh.core.drain_deadline);
             consider(drv.next_deadline());
             if sh.core.outbox_pending() > 0 {
-                // The target has no way to tell us it made room; retry soon.
-                consider(Some(now + Duration::from_millis(1)));
+                // A full target wakes us when it makes room (room_wanted);
+                // this slow retry is only a safety net.
+                consider(Some(now + Duration::from_millis(10)));
             }
             deadline.map(|d| d.saturating_duration_since(now))
         };

@@ -24,7 +24,7 @@ impl<M> Shared<M> {
         default_drain: Duration,
     ) -> std::io::Result<Self> {
         let mailboxes = (0..shards)
-            .map(|_| Mailbox::new(capacity, backend == Backend::Epoll))
+            .map(|_| Mailbox::new(capacity, shards, backend == Backend::Epoll))
             .collect::<std::io::Result<Vec<_>>>()?
             .into_boxed_slice();
         Ok(Shared {

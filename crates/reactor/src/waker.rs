@@ -16,9 +16,10 @@ pub(crate) struct Waker {
 }
 
 impl Waker {
-    /// `nonblocking` for epoll (read after readiness). io_uring needs a
-    /// blocking eventfd: an `IORING_OP_READ` on an `O_NONBLOCK` file completes
-    /// at once with `-EAGAIN` instead of waiting for the counter to change.
+    /// `nonblocking` for epoll (read after readiness). The io_uring backend
+    /// uses a blocking eventfd: on older kernels an `IORING_OP_READ` on an
+    /// `O_NONBLOCK` file completes at once with `-EAGAIN` instead of waiting
+    /// for the counter to change (6.18 waits either way).
     pub fn new(nonblocking: bool) -> std::io::Result<Self> {
         let mut flags = EfdFlags::EFD_CLOEXEC;
         if nonblocking {

@@ -12,7 +12,11 @@ fn chat_binary() -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
     let p = dir.join("examples").join("tcp_chat");
-    assert!(p.exists(), "{} not built (cargo test builds examples)", p.display());
+    assert!(
+        p.exists(),
+        "{} not built (cargo test builds examples)",
+        p.display()
+    );
     p
 }
 
@@ -33,31 +37,62 @@ impl Client {
 
 fn chat(backend: &str) {
     let mut child = Command::new(chat_binary())
-        .args(["--listen", "127.0.0.1:0", "--shards", "2", "--backend", backend])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+            "--backend",
+            backend,
+        ])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut err = BufReader::new(child.stderr.take().unwrap());
     let mut banner = String::new();
     err.read_line(&mut banner).unwrap();
-    assert!(banner.contains(&format!("on {}", backend.replace('-', "_"))), "{banner}");
-    let addr = banner.split('[').nth(1).unwrap().split(']').next().unwrap().to_string();
+    assert!(
+        banner.contains(&format!("on {}", backend.replace('-', "_"))),
+        "{banner}"
+    );
+    let addr = banner
+        .split('[')
+        .nth(1)
+        .unwrap()
+        .split(']')
+        .next()
+        .unwrap()
+        .to_string();
 
     // Connect until both shards have clients (SO_REUSEPORT hashing decides).
     let mut clients: Vec<Client> = Vec::new();
-    while clients.len() < 4 || !(clients.iter().any(|c| c.id.starts_with("0.")) && clients.iter().any(|c| c.id.starts_with("1."))) {
+    while clients.len() < 4
+        || !(clients.iter().any(|c| c.id.starts_with("0."))
+            && clients.iter().any(|c| c.id.starts_with("1.")))
+    {
         assert!(clients.len() < 64, "never reached both shards");
         let s = TcpStream::connect(&addr).unwrap();
         s.set_read_timeout(Some(PATIENCE)).unwrap();
-        let mut c = Client { id: String::new(), w: s.try_clone().unwrap(), r: BufReader::new(s) };
+        let mut c = Client {
+            id: String::new(),
+            w: s.try_clone().unwrap(),
+            r: BufReader::new(s),
+        };
         let welcome = c.line();
-        c.id = welcome.split('[').nth(1).unwrap().split(']').next().unwrap().to_string();
+        c.id = welcome
+            .split('[')
+            .nth(1)
+            .unwrap()
+            .split(']')
+            .next()
+            .unwrap()
+            .to_string();
         clients.push(c);
     }
     let n = clients.len();
-    for i in 0..n {
+    for (i, c) in clients.iter_mut().enumerate() {
         let msg = format!("hello from client {i}\r\n");
-        clients[i].w.write_all(msg.as_bytes()).unwrap();
+        c.w.write_all(msg.as_bytes()).unwrap();
     }
     // Everyone receives the n-1 other lines (join notices interleave).
     for i in 0..n {
@@ -89,7 +124,11 @@ fn chat(backend: &str) {
         }
     }
     // Graceful stop: final frame, then EOF.
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
     for c in clients.iter_mut() {
         let mut rest = String::new();
         std::io::Read::read_to_string(&mut c.r, &mut rest).unwrap();

@@ -151,11 +151,10 @@ fn slow_reader(backend: BackendChoice) {
         "and drained again"
     );
     let partial: u64 = r.stats().iter().map(|s| s.partial_writes).sum();
-    // epoll: sendmsg returns short counts against a full socket buffer; io_uring
-    // may instead wait for room inside the kernel, so only epoll must see them.
-    if backend == BackendChoice::Epoll {
-        assert!(partial > 0, "short writes expected");
-    }
+    // Short writes happen when the queue is larger than the free socket
+    // buffer at the moment of the write; how often is up to kernel timing
+    // (the send buffer autotunes), so they are counted, not asserted. The
+    // short-write arithmetic itself is unit-tested (outq).
     eprintln!("{backend}: partial writes {partial}");
     assert!(ev
         .reasons

@@ -358,7 +358,7 @@ settings! {
     max_connections_per_ip: usize = 0, parse_count, "N";
     /// Largest message accepted; bigger ones close with 1009 [default: 1MiB].
     max_message_size: usize = 1 << 20, parse_positive_size, "SIZE";
-    /// Bytes queued to one client before the slow-consumer policy applies [default: 1MiB].
+    /// Bytes queued to one client that its socket has not taken before the slow-consumer policy applies [default: 1MiB].
     max_backpressure: usize = 1 << 20, parse_positive_size, "SIZE";
     /// What to do with a client over max-backpressure: close (1008) or drop messages [default: close].
     slow_consumer: SlowConsumer = SlowConsumer::Close, parse_slow_consumer, "POLICY";

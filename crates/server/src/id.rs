@@ -27,8 +27,6 @@ const SHARD_MASK: u64 = (1 << SHARD_BITS) - 1;
 pub const MAX_SHARDS: usize = 1 << SHARD_BITS;
 /// Largest node id.
 pub const MAX_NODE: u16 = (1 << NODE_BITS) - 1;
-/// Largest per-shard sequence number.
-pub(crate) const MAX_SEQ: u64 = SEQ_MASK;
 
 /// A connection, unique for the life of the process (see the module docs for
 /// the bit layout).
@@ -93,13 +91,13 @@ mod tests {
         let id = ConnId::new(7, 3, 12345).unwrap();
         assert_eq!((id.node(), id.shard(), id.seq()), (7, 3, 12345));
         assert_eq!(ConnId::from_u64(id.as_u64()), id);
-        let max = ConnId::new(MAX_NODE, MAX_SHARDS - 1, MAX_SEQ).unwrap();
+        let max = ConnId::new(MAX_NODE, MAX_SHARDS - 1, SEQ_MASK).unwrap();
         assert_eq!(
             (max.node(), max.shard(), max.seq()),
-            (MAX_NODE, MAX_SHARDS - 1, MAX_SEQ)
+            (MAX_NODE, MAX_SHARDS - 1, SEQ_MASK)
         );
         assert!(ConnId::new(0, MAX_SHARDS, 1).is_none());
         assert!(ConnId::new(MAX_NODE + 1, 0, 1).is_none());
-        assert!(ConnId::new(0, 0, MAX_SEQ + 1).is_none());
+        assert!(ConnId::new(0, 0, SEQ_MASK + 1).is_none());
     }
 }

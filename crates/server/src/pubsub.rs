@@ -146,6 +146,8 @@ pub(crate) struct Topics {
     local: HashMap<Topic, Members>,
     /// Topics this shard owns.
     owned: HashMap<Topic, Owned>,
+    /// How many of them are chat rooms (the `ringcast_rooms` gauge).
+    rooms: usize,
     next_gen: u32,
     /// Reused target list for fan-out.
     targets: Vec<usize>,
@@ -327,18 +329,20 @@ impl<D: Default + 'static> Core<D> {
                 event,
             } => {
                 let shards = self.shards;
-                let room = self
-                    .topics
-                    .owned
-                    .entry(topic.clone())
-                    .or_insert_with(|| Owned {
+                let topics = &mut self.topics;
+                let room = topics.owned.entry(topic.clone()).or_insert_with(|| {
+                    if topic.starts_with(chat::ROOM_PREFIX) {
+                        topics.rooms += 1;
+                    }
+                    Owned {
                         members: 0,
                         per_shard: vec![0; shards].into_boxed_slice(),
                         seq: 0,
-                    });
+                    }
+                });
                 room.members += 1;
                 room.per_shard[from] += 1;
-                self.metrics.set_rooms(self.topics.owned.len());
+                self.metrics.set_rooms(self.topics.rooms);
                 // Activate first: the member must see the events sequenced
                 // from here on, its own join announcement included.
                 self.send_to_shard(
@@ -362,7 +366,10 @@ impl<D: Default + 'static> Core<D> {
                 room.per_shard[from] = room.per_shard[from].saturating_sub(1);
                 if room.members == 0 {
                     self.topics.owned.remove(&topic);
-                    self.metrics.set_rooms(self.topics.owned.len());
+                    if topic.starts_with(chat::ROOM_PREFIX) {
+                        self.topics.rooms -= 1;
+                        self.metrics.set_rooms(self.topics.rooms);
+                    }
                 } else if let Some(ev) = event {
                     self.sequence(io, &topic, Event::Room(ev));
                 }

@@ -30,7 +30,7 @@ use ringcast_reactor::{CloseReason, Conn, TimerId};
 
 use crate::api::{Ctx, Frame, Handlers, Message, Response};
 use crate::config::{Settings, SlowConsumer};
-use crate::id::{ConnId, MAX_SEQ};
+use crate::id::ConnId;
 use crate::limits::{Gauges, PerIp};
 use crate::metrics::{CloseKind, Metrics, ShardMetrics};
 use crate::pubsub::{Members, Sub, TopicMail, Topics};
@@ -233,6 +233,8 @@ pub(crate) struct Table<D> {
     shard: usize,
     /// Event-loop passes so far (see `deliver`).
     pass: u64,
+    /// (seq, slot) of the connection whose handler is running.
+    current: Option<(u64, u32)>,
     conns: Vec<Option<Connection<D>>>,
     by_seq: HashMap<u64, u32, BuildHasherDefault<SeqHasher>>,
 }
@@ -241,6 +243,12 @@ impl<D> Table<D> {
     pub fn slot_of(&self, id: ConnId) -> Option<u32> {
         if id.node() != self.node || id.shard() != self.shard {
             return None;
+        }
+        // Handlers mostly act on the connection they were called for.
+        if let Some((seq, slot)) = self.current {
+            if seq == id.seq() {
+                return Some(slot);
+            }
         }
         self.by_seq.get(&id.seq()).copied()
     }
@@ -393,6 +401,7 @@ impl<D: Default + 'static> Core<D> {
                 node: shared.node,
                 shard,
                 pass: 0,
+                current: None,
                 conns: Vec::new(),
                 by_seq: HashMap::default(),
             },
@@ -588,10 +597,7 @@ impl<D: Default + 'static> Core<D> {
 
     pub(crate) fn accepted(&mut self, io: &mut dyn Io, conn: Conn, peer: SocketAddr) {
         self.metrics.connection_opened();
-        let Some(id) = (conn.id() <= MAX_SEQ)
-            .then(|| ConnId::new(self.shared.node, self.shard, conn.id()))
-            .flatten()
-        else {
+        let Some(id) = ConnId::new(self.shared.node, self.shard, conn.id()) else {
             tracing::error!(
                 shard = self.shard,
                 "connection ids exhausted on this shard; refusing connections"
@@ -670,25 +676,20 @@ impl<D: Default + 'static> Core<D> {
         why: CloseReason,
     ) {
         let slot = conn.index() as u32;
-        let Some(c) = self.table.get_mut(slot) else {
+        let Some(c) = self.table.get_mut(slot).filter(|c| c.conn == conn) else {
+            // Refused in `accepted` (ids exhausted): only the metrics knew it.
+            self.metrics.connection_closed(CloseKind::Error);
             return;
         };
-        if c.conn != conn {
-            return;
-        }
         let was_open = c.data.is_some();
         let kind = c.kind.unwrap_or(match why {
+            CloseReason::Shutdown => CloseKind::Shutdown,
+            // Gone before finishing its request.
+            _ if c.phase == Phase::Handshake => CloseKind::Reset,
             CloseReason::Local => CloseKind::Normal,
             CloseReason::PeerEof | CloseReason::Reset => CloseKind::Reset,
             CloseReason::Error(_) => CloseKind::Error,
-            CloseReason::Shutdown => CloseKind::Shutdown,
         });
-        let kind =
-            if c.phase == Phase::Handshake && c.kind.is_none() && why != CloseReason::Shutdown {
-                CloseKind::Reset
-            } else {
-                kind
-            };
         c.phase = Phase::Closed;
         let id = c.id;
         if was_open {
@@ -699,17 +700,7 @@ impl<D: Default + 'static> Core<D> {
                 .or_else(|| c.sent_close.clone())
                 .unwrap_or((codes::ABNORMAL, "".into()));
             if let Some(f) = &app.close {
-                let r = catch_unwind(AssertUnwindSafe(|| {
-                    f(
-                        &mut Ctx {
-                            core: &mut *self,
-                            io: &mut *io,
-                        },
-                        id,
-                        code,
-                        &reason,
-                    )
-                }));
+                let r = self.call(io, Some((id, slot)), |ctx| f(ctx, id, code, &reason));
                 if r.is_err() {
                     tracing::error!(conn = %id, "on_close handler panicked");
                 }
@@ -809,15 +800,7 @@ impl<D: Default + 'static> Core<D> {
         if !req.wants_upgrade() {
             let resp = match &app.request {
                 Some(f) => {
-                    let r = catch_unwind(AssertUnwindSafe(|| {
-                        f(
-                            &mut Ctx {
-                                core: &mut *self,
-                                io: &mut *io,
-                            },
-                            &req,
-                        )
-                    }));
+                    let r = self.call(io, None, |ctx| f(ctx, &req));
                     r.unwrap_or_else(|_| {
                         tracing::error!(path = req.path(), "on_request handler panicked");
                         Response::text(500, "internal error\n")
@@ -833,7 +816,7 @@ impl<D: Default + 'static> Core<D> {
             Err(e) => return self.refuse(io, slot, e.status, e.reason),
         };
         if let Some(f) = &app.upgrade {
-            match catch_unwind(AssertUnwindSafe(|| f(&req))) {
+            match self.call(io, None, |_| f(&req)) {
                 Ok(Ok(())) => {}
                 Ok(Err(resp)) => return self.respond(io, slot, &resp, false),
                 Err(_) => {
@@ -884,16 +867,7 @@ impl<D: Default + 'static> Core<D> {
         tracing::debug!(conn = %id, peer = %c.peer, path = req.path(), "websocket open");
 
         if let Some(f) = &app.open {
-            let r = catch_unwind(AssertUnwindSafe(|| {
-                f(
-                    &mut Ctx {
-                        core: &mut *self,
-                        io: &mut *io,
-                    },
-                    id,
-                    &req,
-                )
-            }));
+            let r = self.call(io, Some((id, slot)), |ctx| f(ctx, id, &req));
             if r.is_err() {
                 self.handler_panicked(io, slot, "on_open");
             }
@@ -915,7 +889,12 @@ impl<D: Default + 'static> Core<D> {
             Ok(()) => {
                 if let Some(c) = self.table.get_mut(slot) {
                     if c.phase == Phase::Open {
-                        decoder.shrink();
+                        // Between messages an idle connection keeps no buffer;
+                        // never in the middle of one (that would copy it again
+                        // on every read).
+                        if decoder.buffered() == 0 {
+                            decoder.shrink();
+                        }
                         c.decoder = Some(decoder);
                     }
                 }
@@ -981,21 +960,33 @@ impl<D: Default + 'static> Core<D> {
         self.metrics.message_received(user.as_bytes().len());
         let id = c.id;
         if let Some(f) = &app.message {
-            let r = catch_unwind(AssertUnwindSafe(|| {
-                f(
-                    &mut Ctx {
-                        core: &mut *self,
-                        io: &mut *io,
-                    },
-                    id,
-                    user,
-                )
-            }));
+            let r = self.call(io, Some((id, slot)), |ctx| f(ctx, id, user));
             if r.is_err() {
                 self.handler_panicked(io, slot, "on_message");
             }
         }
         ControlFlow::Continue(())
+    }
+
+    /// Runs one user callback, for connection `conn` if given. Every user
+    /// callback goes through here: a panic is caught (the caller decides
+    /// what it means for the connection) and never unwinds into the shard.
+    fn call<R>(
+        &mut self,
+        io: &mut dyn Io,
+        conn: Option<(ConnId, u32)>,
+        f: impl FnOnce(&mut Ctx<'_, D>) -> R,
+    ) -> std::thread::Result<R> {
+        let outer = self.table.current;
+        self.table.current = conn.map(|(id, slot)| (id.seq(), slot));
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            f(&mut Ctx {
+                core: &mut *self,
+                io: &mut *io,
+            })
+        }));
+        self.table.current = outer;
+        r
     }
 
     fn handler_panicked(&mut self, io: &mut dyn Io, slot: u32, which: &str) {

@@ -412,7 +412,16 @@ pub fn spawn_supervisor(
                         last_status = text;
                     }
                 }
-                std::thread::sleep(tick);
+                // Sleep in short slices so that setting `stop` ends the thread
+                // (and lets the process exit) promptly, not after a whole tick.
+                let wake = Instant::now() + tick;
+                while !stop.load(Ordering::Relaxed) {
+                    let left = wake.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    std::thread::sleep(left.min(STOP_POLL));
+                }
             }
         })?;
     Ok(Some(handle))

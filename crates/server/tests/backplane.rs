@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ringcast::backplane::{
-    Backplane, BackplaneConfig, BackplaneError, FailedOp, Inbound, SendError,
+    Backplane, BackplaneConfig, BackplaneError, FailKind, FailedOp, Inbound, SendError,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -90,9 +90,15 @@ impl Redis {
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
-                panic!("redis-server exited ({status}) on port {}:\n{log}", self.port);
+                panic!(
+                    "redis-server exited ({status}) on port {}:\n{log}",
+                    self.port
+                );
             }
-            assert!(Instant::now() < deadline, "redis-server did not answer PING");
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer PING"
+            );
             thread::sleep(Duration::from_millis(20));
         }
     }
@@ -254,6 +260,7 @@ fn init_log() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_test_writer()
+        .with_ansi(false)
         .try_init();
 }
 
@@ -285,15 +292,35 @@ fn barrier(bp: &Backplane, ev: &Events, tag: u64) {
     });
 }
 
-fn member_event(evs: &[Inbound], room: &str, joined: bool, members: u64) -> Option<()> {
+/// A cluster join/leave of `conn` in `room` showing `members`.
+fn member_event(evs: &[Inbound], room: &str, conn: u64, joined: bool, members: u64) -> Option<()> {
     has(evs, |x| {
-        matches!(x, Inbound::Member { room: r, joined: j, members: m, cluster: true, .. }
-            if r == room && *j == joined && *m == members)
+        matches!(x, Inbound::Member { room: r, conn: c, joined: j, members: m, cluster: true, .. }
+            if r == room && *c == conn && *j == joined && *m == members)
     })
 }
 
-fn count_event(evs: &[Inbound], room: &str, members: u64) -> Option<()> {
-    has(evs, |x| matches!(x, Inbound::Count { room: r, members: m } if r == room && *m == members))
+/// The room sequence number of `conn`'s cluster join/leave event.
+fn member_seq(evs: &[Inbound], room: &str, conn: u64, joined: bool) -> Option<u64> {
+    evs.iter().find_map(|x| match x {
+        Inbound::Member {
+            room: r,
+            conn: c,
+            joined: j,
+            seq,
+            cluster: true,
+            ..
+        } if r == room && *c == conn && *j == joined => *seq,
+        _ => None,
+    })
+}
+
+/// A count update in `room` to `members`, later in the room's order than `after`.
+fn count_event(evs: &[Inbound], room: &str, members: u64, after: u64) -> Option<()> {
+    has(
+        evs,
+        |x| matches!(x, Inbound::Count { room: r, members: m, seq } if r == room && *m == members && *seq > after),
+    )
 }
 
 // ---------------------------------------------------------------- tests
@@ -307,18 +334,42 @@ fn every_node_sees_one_order_under_concurrent_publishers() {
     a.join("chat", 1, b("alice")).unwrap();
     bn.join("chat", 2, b("bob")).unwrap();
     for e in [&ea, &eb] {
-        e.wait_for("second join", |ev| member_event(ev, "chat", true, 2));
+        e.wait_for("second join", |ev| {
+            has(ev, |x| {
+                matches!(
+                    x,
+                    Inbound::Member {
+                        joined: true,
+                        members: 2,
+                        ..
+                    }
+                )
+            })
+        });
     }
 
     const PER: usize = 500;
-    let senders: Vec<(Backplane, u64)> = vec![(a.clone(), 1), (a.clone(), 2), (bn.clone(), 3), (bn.clone(), 4)];
+    let senders: Vec<(Backplane, u64)> = vec![
+        (a.clone(), 1),
+        (a.clone(), 2),
+        (bn.clone(), 3),
+        (bn.clone(), 4),
+    ];
     let threads: Vec<_> = senders
         .into_iter()
         .map(|(bp, id)| {
             thread::spawn(move || {
                 for i in 0..PER {
                     let msg = b(&format!("{id}:{i}"));
-                    while let Err(e) = bp.publish("chat", msg.clone(), Some(id)) {
+                    // Room messages (numbered by Redis) and plain ones share the order.
+                    let send = || {
+                        if id % 2 == 0 {
+                            bp.publish_room("chat", msg.clone(), Some(id))
+                        } else {
+                            bp.publish("chat", msg.clone(), Some(id))
+                        }
+                    };
+                    while let Err(e) = send() {
                         assert_eq!(e, SendError::Full);
                         thread::yield_now();
                     }
@@ -348,12 +399,51 @@ fn every_node_sees_one_order_under_concurrent_publishers() {
         let s = std::str::from_utf8(m).unwrap();
         let (id, i) = s.split_once(':').unwrap();
         let want = next.entry(id.to_string()).or_insert(0);
-        assert_eq!(i.parse::<usize>().unwrap(), *want, "sender {id} out of order");
+        assert_eq!(
+            i.parse::<usize>().unwrap(),
+            *want,
+            "sender {id} out of order"
+        );
         *want += 1;
     }
     assert!(next.values().all(|&n| n == PER));
+    // Room sequence numbers: identical on both nodes, and consecutive after the joins
+    // (join 1, join 2, then one per room message).
+    let seqs = |e: &Events| -> Vec<(Bytes, u64)> {
+        e.all()
+            .into_iter()
+            .filter_map(|x| match x {
+                Inbound::Message {
+                    seq: Some(s),
+                    payload,
+                    ..
+                } => Some((payload, s)),
+                _ => None,
+            })
+            .collect()
+    };
+    let (sa, sb) = (seqs(&ea), seqs(&eb));
+    assert_eq!(sa, sb);
+    assert_eq!(sa.len(), 2 * PER);
+    assert!(
+        sa.iter().zip(3..).all(|((_, s), want)| *s == want),
+        "room seq not consecutive"
+    );
+    let last_join_seq = ea.all().iter().find_map(|x| match x {
+        Inbound::Member {
+            members: 2, seq, ..
+        } => *seq,
+        _ => None,
+    });
+    assert_eq!(last_join_seq, Some(2));
     // Origins come back with the messages.
-    assert!(ea.all().iter().any(|x| matches!(x, Inbound::Message { origin: Some(3), .. })));
+    assert!(ea.all().iter().any(|x| matches!(
+        x,
+        Inbound::Message {
+            origin: Some(3),
+            ..
+        }
+    )));
     assert!(counter(&a, "ringcast_backplane_published_total") >= 2 * PER as u64);
     assert!(counter(&bn, "ringcast_backplane_received_total") >= total as u64);
     assert_eq!(counter(&a, "ringcast_backplane_errors_total"), 0);
@@ -413,16 +503,20 @@ fn push_reaches_a_connection_on_another_node() {
         has(e, |x| matches!(x, Inbound::Push { conn: 78, .. }))
     });
     // To a node nobody runs: a Failed event for the origin, counted.
-    let ghost = (a.node_id().max(bn.node_id()) % 60_000) + 1000;
+    let ghost = a.node_id().max(bn.node_id()) + 100;
     a.push(ghost, 1, b("lost"), Some(6)).unwrap();
     ea.wait_for("push failure", |e| {
         has(e, |x| {
-            matches!(x, Inbound::Failed { op: FailedOp::Push { node, conn: 1 }, origin: Some(6), payload, .. }
+            matches!(x, Inbound::Failed { op: FailedOp::Push { node, conn: 1 }, kind: FailKind::NoListener,
+                origin: Some(6), payload, .. }
                 if *node == ghost && payload == "lost")
         })
     });
     assert_eq!(counter(&a, "ringcast_backplane_errors_total"), 1);
-    assert!(eb.all().iter().all(|x| !matches!(x, Inbound::Failed { .. })));
+    assert!(eb
+        .all()
+        .iter()
+        .all(|x| !matches!(x, Inbound::Failed { .. })));
 }
 
 #[test]
@@ -434,29 +528,30 @@ fn member_counts_are_cluster_wide_and_dead_nodes_drop_out() {
     let (c, ec) = node(cfg.clone());
 
     a.join("room", 11, b("a1")).unwrap();
-    ea.wait_for("a1 joined", |e| member_event(e, "room", true, 1));
+    ea.wait_for("a1 joined", |e| member_event(e, "room", 11, true, 1));
     bn.join("room", 21, b("b1")).unwrap();
     bn.join("room", 22, b("b2")).unwrap();
     for e in [&ea, &eb] {
-        e.wait_for("b2 joined", |e| member_event(e, "room", true, 3));
+        e.wait_for("b2 joined", |e| member_event(e, "room", 22, true, 3));
     }
-    // The join event carries the joining conn and the payload.
+    // The join event carries the joining conn, the payload and the room's sequence number.
     assert!(ea.all().iter().any(|x| matches!(x,
-        Inbound::Member { conn: 22, joined: true, members: 3, payload, .. } if payload == "b2")));
+        Inbound::Member { conn: 22, joined: true, members: 3, seq: Some(3), payload, .. } if payload == "b2")));
     c.join("room", 31, b("c1")).unwrap();
     for e in [&ea, &eb, &ec] {
-        e.wait_for("c1 joined", |e| member_event(e, "room", true, 4));
+        e.wait_for("c1 joined", |e| member_event(e, "room", 31, true, 4));
     }
     bn.leave("room", 21, b("b1"));
     for e in [&ea, &eb, &ec] {
-        e.wait_for("b1 left", |e| member_event(e, "room", false, 3));
+        e.wait_for("b1 left", |e| member_event(e, "room", 21, false, 3));
     }
 
     // C dies without a word: its member drops out within node_ttl + heartbeat.
+    let c_id = c.node_id();
     let died = Instant::now();
     drop(c);
     for e in [&ea, &eb] {
-        e.wait_for("C's member reaped", |e| count_event(e, "room", 2));
+        e.wait_for("C's member reaped", |e| count_event(e, "room", 2, 0));
     }
     let took = died.elapsed();
     assert!(
@@ -466,11 +561,14 @@ fn member_counts_are_cluster_wide_and_dead_nodes_drop_out() {
     assert!(took >= cfg.node_ttl / 2, "reaped too early ({took:?})");
     // The next join counts only live nodes.
     a.join("room", 12, b("a2")).unwrap();
-    eb.wait_for("a2 joined", |e| member_event(e, "room", true, 3));
+    let a2_seq = eb.wait_for("a2 joined", |e| {
+        member_event(e, "room", 12, true, 3)?;
+        member_seq(e, "room", 12, true)
+    });
 
     // A clean shutdown removes B's members at once.
     assert!(bn.shutdown(Duration::from_secs(10)));
-    ea.wait_for("B left cleanly", |e| count_event(e, "room", 2));
+    ea.wait_for("B left cleanly", |e| count_event(e, "room", 2, a2_seq));
     assert_eq!(bn.publish("room", b("x"), None), Err(SendError::Closed));
     assert!(!bn.is_up());
 
@@ -487,7 +585,7 @@ fn member_counts_are_cluster_wide_and_dead_nodes_drop_out() {
             Resp::Bulk(Some(b"2".to_vec())),
         ])
     );
-    for n in [bn.node_id()] {
+    for n in [bn.node_id(), c_id] {
         let key = format!("rctest:alive:{n}");
         assert_eq!(redis.cmd(&[b"EXISTS", key.as_bytes()]), Resp::Int(0));
     }
@@ -501,10 +599,24 @@ fn recovers_from_a_redis_restart() {
     a.join("room", 1, b("a1")).unwrap();
     bn.join("room", 2, b("b1")).unwrap();
     for e in [&ea, &eb] {
-        e.wait_for("both joined", |e| member_event(e, "room", true, 2));
+        e.wait_for("both joined", |e| {
+            has(e, |x| {
+                matches!(
+                    x,
+                    Inbound::Member {
+                        joined: true,
+                        members: 2,
+                        cluster: true,
+                        ..
+                    }
+                )
+            })
+        });
     }
     a.publish("room", b("before"), Some(1)).unwrap();
-    eb.wait_for("before", |e| (msgs(e, "room") == vec![b("before")]).then_some(()));
+    eb.wait_for("before", |e| {
+        (msgs(e, "room") == vec![b("before")]).then_some(())
+    });
 
     redis.kill();
     for e in [&ea, &eb] {
@@ -515,27 +627,49 @@ fn recovers_from_a_redis_restart() {
 
     // While down: publishes fail back to their origin, counted; joins show locally.
     let errors = counter(&a, "ringcast_backplane_errors_total");
-    a.publish("room", b("while down"), Some(9)).unwrap();
+    a.publish_room("room", b("while down"), Some(9)).unwrap();
     ea.wait_for("failed publish", |e| {
-        has(e, |x| matches!(x, Inbound::Failed { op: FailedOp::Publish, origin: Some(9), topic: Some(t), payload, .. }
+        has(e, |x| matches!(x, Inbound::Failed { op: FailedOp::Publish, kind: FailKind::Down, origin: Some(9),
+            topic: Some(t), payload, .. }
             if t == "room" && payload == "while down"))
+    });
+    // Pushes to this node's own connections do not need Redis.
+    a.push(a.node_id(), 1, b("local push"), None).unwrap();
+    ea.wait_for("local push while down", |e| {
+        has(
+            e,
+            |x| matches!(x, Inbound::Push { payload, .. } if payload == "local push"),
+        )
     });
     assert!(counter(&a, "ringcast_backplane_errors_total") > errors);
     a.join("room", 3, b("a2")).unwrap();
     ea.wait_for("local join", |e| {
-        has(e, |x| matches!(x, Inbound::Member { conn: 3, members: 2, cluster: false, .. }))
+        has(e, |x| {
+            matches!(
+                x,
+                Inbound::Member {
+                    conn: 3,
+                    members: 2,
+                    cluster: false,
+                    ..
+                }
+            )
+        })
     });
 
+    // Stay down long enough for several failed reconnect attempts (backoff 50..500 ms).
+    thread::sleep(Duration::from_millis(1500));
+    assert!(!a.is_up());
     redis.restart();
     for e in [&ea, &eb] {
         e.wait_for("up again", |e| {
-            has(e, |x| matches!(x, Inbound::Up { .. }) ).filter(|_| {
+            has(e, |x| matches!(x, Inbound::Up { .. })).filter(|_| {
                 e.iter().rposition(|x| matches!(x, Inbound::Up { .. }))
                     > e.iter().rposition(|x| matches!(x, Inbound::Down { .. }))
             })
         });
         // Both re-registered: A has 2 members, B has 1.
-        e.wait_for("counts re-registered", |e| count_event(e, "room", 3));
+        e.wait_for("counts re-registered", |e| count_event(e, "room", 3, 0));
     }
     assert!(a.is_up() && bn.is_up());
     assert!(counter(&a, "ringcast_backplane_reconnects_total") >= 1);
@@ -552,10 +686,17 @@ fn recovers_from_a_redis_restart() {
     }
     assert_eq!(ea.messages("room"), eb.messages("room"));
     bn.push(a.node_id(), 1, b("push after"), None).unwrap();
-    ea.wait_for("push after restart", |e| has(e, |x| matches!(x, Inbound::Push { payload, .. } if payload == "push after")));
+    ea.wait_for("push after restart", |e| {
+        has(
+            e,
+            |x| matches!(x, Inbound::Push { payload, .. } if payload == "push after"),
+        )
+    });
     // A join now counts every member of both nodes.
     bn.join("room", 4, b("b2")).unwrap();
-    ea.wait_for("join after restart", |e| member_event(e, "room", true, 4));
+    ea.wait_for("join after restart", |e| {
+        member_event(e, "room", 4, true, 4)
+    });
 }
 
 #[test]
@@ -565,10 +706,17 @@ fn unreachable_redis_at_start() {
 
     let t = Instant::now();
     let err = Backplane::start(config(&url), |_| {}).unwrap_err();
-    assert!(t.elapsed() < Duration::from_secs(15), "start took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "start took {:?}",
+        t.elapsed()
+    );
     assert!(matches!(err, BackplaneError::Connect { .. }), "{err:?}");
     let msg = err.to_string();
-    assert!(msg.contains(&format!("127.0.0.1:{port}")) && msg.contains("--redis-optional"), "{msg}");
+    assert!(
+        msg.contains(&format!("127.0.0.1:{port}")) && msg.contains("--redis-optional"),
+        "{msg}"
+    );
 
     let bad = Backplane::start(config("http://nope"), |_| {}).unwrap_err();
     assert!(matches!(bad, BackplaneError::Config(_)), "{bad:?}");
@@ -582,7 +730,15 @@ fn unreachable_redis_at_start() {
     assert!(!a.is_up());
     a.publish("t", b("early"), Some(7)).unwrap();
     ea.wait_for("failed early publish", |e| {
-        has(e, |x| matches!(x, Inbound::Failed { origin: Some(7), .. }))
+        has(e, |x| {
+            matches!(
+                x,
+                Inbound::Failed {
+                    origin: Some(7),
+                    ..
+                }
+            )
+        })
     });
     a.subscribe("t").unwrap();
 
@@ -590,7 +746,9 @@ fn unreachable_redis_at_start() {
     ea.wait_for("up", |e| has(e, |x| matches!(x, Inbound::Up { node: 42 })));
     assert!(a.is_up());
     a.publish("t", b("late"), Some(7)).unwrap();
-    ea.wait_for("late message", |e| (msgs(e, "t") == vec![b("late")]).then_some(()));
+    ea.wait_for("late message", |e| {
+        (msgs(e, "t") == vec![b("late")]).then_some(())
+    });
     // The first connection is not a reconnect.
     assert_eq!(counter(&a, "ringcast_backplane_reconnects_total"), 0);
 }
@@ -637,7 +795,10 @@ fn full_queue_is_refused_and_counted() {
     for i in 0..8 {
         a.publish("t", b("queued"), Some(i)).unwrap();
     }
-    assert_eq!(a.publish("t", b("one too many"), Some(99)), Err(SendError::Full));
+    assert_eq!(
+        a.publish("t", b("one too many"), Some(99)),
+        Err(SendError::Full)
+    );
     assert_eq!(a.join("room", 1, b("x")), Err(SendError::Full));
     // Releases are never refused.
     a.unsubscribe("t");
@@ -648,7 +809,10 @@ fn full_queue_is_refused_and_counted() {
     gate.1.notify_all();
     let deadline = Instant::now() + WAIT;
     while failed.load(Ordering::SeqCst) < 9 {
-        assert!(Instant::now() < deadline, "queued publishes were not failed back");
+        assert!(
+            Instant::now() < deadline,
+            "queued publishes were not failed back"
+        );
         thread::sleep(Duration::from_millis(5));
     }
     // 2 refusals + 9 failed publishes + 1 unbalanced unsubscribe.
@@ -669,9 +833,11 @@ fn malformed_messages_are_counted_and_dropped() {
     redis.cmd(&[b"PUBLISH", b"rctest:topic:t", b"garbage"]);
     redis.cmd(&[b"PUBLISH", b"rctest:topic:t", b"rc1 p 1 -\nx"]);
     let node_channel = format!("rctest:node:{}", a.node_id());
-    redis.cmd(&[b"PUBLISH", node_channel.as_bytes(), b"rc1 m -\nx"]);
-    redis.cmd(&[b"PUBLISH", b"rctest:topic:t", b"rc1 m 5\nfine"]);
-    ea.wait_for("valid message", |e| (!msgs(e, "t").is_empty()).then_some(()));
+    redis.cmd(&[b"PUBLISH", node_channel.as_bytes(), b"rc1 m - -\nx"]);
+    redis.cmd(&[b"PUBLISH", b"rctest:topic:t", b"rc1 m 5 -\nfine"]);
+    ea.wait_for("valid message", |e| {
+        (!msgs(e, "t").is_empty()).then_some(())
+    });
     assert_eq!(ea.messages("t"), vec![b("fine")]);
     assert_eq!(counter(&a, "ringcast_backplane_errors_total"), 3);
     assert!(a.is_up());
@@ -706,4 +872,27 @@ fn round_trip_latency_report() {
         us[us.len() * 99 / 100],
         us[us.len() - 1]
     );
+}
+
+#[test]
+fn recovers_when_redis_drops_the_subscription_connection() {
+    // What Redis does to a subscriber that falls behind (client-output-buffer-limit).
+    let redis = Redis::start();
+    let (a, ea) = node(config(&redis.url()));
+    let (bn, eb) = node(config(&redis.url()));
+    a.subscribe("t").unwrap();
+    barrier(&a, &ea, 1);
+    let killed = redis.cmd(&[b"CLIENT", b"KILL", b"TYPE", b"pubsub"]);
+    assert!(matches!(killed, Resp::Int(n) if n >= 2), "{killed:?}");
+    for e in [&ea, &eb] {
+        e.wait_for("down", |e| has(e, |x| matches!(x, Inbound::Down { .. })));
+        e.wait_for("up again", |e| {
+            (e.iter().filter(|x| matches!(x, Inbound::Up { .. })).count() == 2).then_some(())
+        });
+    }
+    bn.publish("t", b("after"), None).unwrap();
+    ea.wait_for("delivery resumed", |e| {
+        (msgs(e, "t") == vec![b("after")]).then_some(())
+    });
+    assert_eq!(counter(&a, "ringcast_backplane_reconnects_total"), 1);
 }

@@ -12,9 +12,13 @@ pub struct BackplaneConfig {
     pub url: String,
     /// Namespace of every channel and key (`--redis-prefix`, default `ringcast`).
     pub prefix: String,
-    /// Fixed node id (1..=65535). `None`: allocated at start by `INCR {prefix}:node_seq`
-    /// (or picked at random when Redis is down at start in optional mode).
+    /// Fixed node id (1..=`max_node_id`). `None`: allocated at start by
+    /// `INCR {prefix}:node_seq` (or picked at random when Redis is down at start in
+    /// optional mode).
     pub node_id: Option<u16>,
+    /// Largest node id: must match the node field of the server's connection ids
+    /// (`ConnId`: 10 bits, 1023).
+    pub max_node_id: u16,
     /// Start even when Redis is unreachable and connect later (`--redis-optional`).
     pub optional: bool,
     /// Maximum number of publish/push/join/subscribe/barrier requests waiting for the
@@ -44,6 +48,7 @@ impl BackplaneConfig {
             url: url.into(),
             prefix: "ringcast".to_string(),
             node_id: None,
+            max_node_id: 1023,
             optional: false,
             queue_capacity: 65_536,
             max_batch: 1024,
@@ -62,14 +67,26 @@ impl BackplaneConfig {
         if self.prefix.is_empty() {
             return bad("redis prefix must not be empty".into());
         }
-        if self.prefix.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+        if self
+            .prefix
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
             return bad(format!(
                 "redis prefix {:?} must not contain whitespace or control characters",
                 self.prefix
             ));
         }
-        if self.node_id == Some(0) {
-            return bad("node id must be in 1..=65535 (0 is reserved for single-node mode)".into());
+        if self.max_node_id == 0 {
+            return bad("max node id must be at least 1".into());
+        }
+        if let Some(n) = self.node_id {
+            if n == 0 || n > self.max_node_id {
+                return bad(format!(
+                    "node id {n} must be in 1..={} (0 is reserved for single-node mode)",
+                    self.max_node_id
+                ));
+            }
         }
         if self.queue_capacity == 0 {
             return bad("backplane queue capacity must be at least 1".into());
@@ -134,6 +151,10 @@ mod tests {
         let mut c = BackplaneConfig::new("redis://x");
         c.node_id = Some(0);
         assert!(c.validate().is_err());
+        c.node_id = Some(1024);
+        assert!(c.validate().is_err());
+        c.node_id = Some(1023);
+        assert!(c.validate().is_ok());
         let mut c = BackplaneConfig::new("redis://x");
         c.reconnect_min = c.reconnect_max * 2;
         assert!(c.validate().is_err());

@@ -35,26 +35,36 @@ use worker::Cmd;
 pub enum Inbound {
     /// A message on a topic/room this node is subscribed to or has members in. This
     /// node's own messages come back this way too: deliver them only now, that is what
-    /// gives every node the same order. `origin` is the sender's conn id, if any.
+    /// gives every node the same order. `origin` is the sender's conn id, if any; `seq`
+    /// is the room's cluster-wide sequence number for [`Backplane::publish_room`]
+    /// messages (`None` for [`Backplane::publish`]).
     Message {
         topic: String,
         origin: Option<u64>,
+        seq: Option<u64>,
         payload: Bytes,
     },
     /// A join or leave in a room, with the room's member count after it. `cluster: true`:
-    /// it came through Redis and `members` is cluster-wide; `false`: Redis was unavailable
-    /// and `members` counts this node only (only this node's members see it).
+    /// it came through Redis, `members` is cluster-wide and `seq` the room's sequence
+    /// number (same counter as room messages); `cluster: false`: Redis was unavailable,
+    /// `members` counts this node only, `seq` is `None` (only this node's members see it).
     Member {
         room: String,
         conn: u64,
         joined: bool,
         members: u64,
+        seq: Option<u64>,
         cluster: bool,
         payload: Bytes,
     },
     /// The cluster-wide member count of a room changed without a join/leave: a node died
-    /// (its members were reaped) or re-registered its members after a reconnect.
-    Count { room: String, members: u64 },
+    /// (its members were reaped) or re-registered its members after a reconnect. `seq`
+    /// places it in the room's order.
+    Count {
+        room: String,
+        members: u64,
+        seq: u64,
+    },
     /// A push to one of this node's connections.
     Push {
         conn: u64,
@@ -66,6 +76,7 @@ pub enum Inbound {
     /// still have reached Redis if the connection broke after sending it.
     Failed {
         op: FailedOp,
+        kind: FailKind,
         origin: Option<u64>,
         topic: Option<String>,
         reason: String,
@@ -82,8 +93,23 @@ pub enum Inbound {
 /// What a [`Inbound::Failed`] event is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailedOp {
+    /// [`Backplane::publish`] or [`Backplane::publish_room`].
     Publish,
+    /// [`Backplane::push`] to connection `conn` on node `node`.
     Push { node: u16, conn: u64 },
+}
+
+/// Why a request failed (the event's `reason` has the details).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailKind {
+    /// Not connected to Redis (or the connection broke while sending).
+    Down,
+    /// Redis answered with an error.
+    Refused,
+    /// A push to a node id nobody listens on (node gone or never existed).
+    NoListener,
+    /// Queued after [`Backplane::shutdown`].
+    ShuttingDown,
 }
 
 /// Why a request was not queued. Counted in `errors_total` (except `Closed`).
@@ -224,7 +250,15 @@ impl Backplane {
         std::thread::Builder::new()
             .name("ringcast-backplane".into())
             .spawn(move || {
-                worker::thread_main(cfg, client, thread_shared, rx, Box::new(deliver), init_tx)
+                let guard = thread_shared.clone();
+                let run = std::panic::AssertUnwindSafe(|| {
+                    worker::thread_main(cfg, client, thread_shared, rx, Box::new(deliver), init_tx)
+                });
+                // A bug here must not leave handles waiting on a dead thread.
+                if std::panic::catch_unwind(run).is_err() {
+                    tracing::error!("backplane: thread panicked; the backplane is stopped");
+                    guard.mark_done();
+                }
             })
             .map_err(|e| BackplaneError::Thread(e.to_string()))?;
         let node = init_rx
@@ -261,6 +295,25 @@ impl Backplane {
             topic: topic.to_string(),
             payload,
             origin,
+            room: false,
+        })
+    }
+
+    /// Like `publish`, for a room: Redis numbers the message with the room's sequence
+    /// counter (shared with join/leave/count events), so `seq` is the same on every node.
+    /// Dropped (no recipients, not an error) when no node has members in the room.
+    /// Costs a small Lua script per message instead of a bare PUBLISH.
+    pub fn publish_room(
+        &self,
+        room: &str,
+        payload: Bytes,
+        origin: Option<u64>,
+    ) -> Result<(), SendError> {
+        self.admit(Cmd::Publish {
+            topic: room.to_string(),
+            payload,
+            origin,
+            room: true,
         })
     }
 

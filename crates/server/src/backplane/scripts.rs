@@ -8,8 +8,8 @@
 //! - `p:nodes`          set of node ids that registered member counts
 //! - `p:rooms:<node>`   set of rooms where that node has a count
 //! - `p:members:<room>` hash node id -> that node's local member count
-//! - `p:seq:<room>`     the room's event counter (INCR per room event); deleted with the
-//!                      last member, like a single node forgets an empty room
+//! - `p:seq:<room>`     the room's event counter (INCR per room event); deleted with
+//!   the last member, like a single node forgets an empty room
 //! - `p:node_seq`       counter for node id allocation
 //! - channels `p:topic:<topic>` and `p:node:<node>`
 //!

@@ -22,7 +22,9 @@ use tracing::{debug, error, info, warn};
 
 use super::config::redact_url;
 use super::wire::{self, Envelope, Names};
-use super::{scripts, BackplaneConfig, BackplaneError, BackplaneStats, FailedOp, Inbound, Shared};
+use super::{
+    scripts, BackplaneConfig, BackplaneError, BackplaneStats, FailKind, FailedOp, Inbound, Shared,
+};
 
 /// A request from a handle.
 pub(crate) enum Cmd {
@@ -30,6 +32,8 @@ pub(crate) enum Cmd {
         topic: String,
         payload: Bytes,
         origin: Option<u64>,
+        /// Room message: numbered by Redis.
+        room: bool,
     },
     Push {
         node: u16,
@@ -68,6 +72,7 @@ enum Effect {
     Publish {
         topic: String,
         origin: Option<u64>,
+        room: bool,
         payload: Bytes,
     },
     Push {
@@ -296,27 +301,35 @@ impl Reader {
                 return; // in flight when the last local member left; nobody to give it to
             }
             match wire::decode(raw) {
-                Ok(Envelope::Message { origin, payload }) => Inbound::Message {
+                Ok(Envelope::Message {
+                    origin,
+                    seq,
+                    payload,
+                }) => Inbound::Message {
                     topic: topic.to_string(),
                     origin,
+                    seq,
                     payload,
                 },
                 Ok(Envelope::Member {
                     joined,
                     conn,
                     members,
+                    seq,
                     payload,
                 }) => Inbound::Member {
                     room: topic.to_string(),
                     conn,
                     joined,
                     members,
+                    seq: Some(seq),
                     cluster: true,
                     payload,
                 },
-                Ok(Envelope::Count { members }) => Inbound::Count {
+                Ok(Envelope::Count { members, seq }) => Inbound::Count {
                     room: topic.to_string(),
                     members,
+                    seq,
                 },
                 Ok(Envelope::Push { .. }) => return self.bad(channel, "push on a topic channel"),
                 Err(e) => return self.bad(channel, e),
@@ -348,7 +361,12 @@ impl Reader {
         self.bad.set(n);
         // Someone else publishing junk on our channels must not flood the log.
         if n <= 10 || n.is_power_of_two() {
-            warn!(channel, reason = why, total = n, "backplane: dropped a malformed message");
+            warn!(
+                channel,
+                reason = why,
+                total = n,
+                "backplane: dropped a malformed message"
+            );
         }
     }
 }
@@ -387,7 +405,7 @@ impl Worker {
             Err(e) if self.cfg.optional => {
                 if self.node == 0 {
                     // No Redis to allocate from; a random id (set --node-id to avoid clashes).
-                    self.node = (self.rng.next() % 65_535) as u16 + 1;
+                    self.node = (self.rng.next() % u64::from(self.cfg.max_node_id)) as u16 + 1;
                 }
                 warn!(
                     node = self.node,
@@ -407,15 +425,18 @@ impl Worker {
     }
 
     /// Picks (auto) or claims (fixed) the node id with this instance's token.
-    async fn claim_node_id(&mut self, cmd: &mut MultiplexedConnection) -> Result<(), BackplaneError> {
+    async fn claim_node_id(
+        &mut self,
+        cmd: &mut MultiplexedConnection,
+    ) -> Result<(), BackplaneError> {
         let url = redact_url(&self.cfg.url);
         let conn_err = |reason: String| BackplaneError::Connect {
             url: url.clone(),
             reason,
         };
         if self.cfg.node_id.is_none() {
-            // Ids wrap after 65535 starts; skip any still held by a live node.
-            for _ in 0..64 {
+            // Ids wrap after max_node_id starts; skip any still held by a live node.
+            for _ in 0..self.cfg.max_node_id.min(256) {
                 let seq: i64 = timed(
                     self.cfg.response_timeout,
                     redis::cmd("INCR")
@@ -424,7 +445,8 @@ impl Worker {
                 )
                 .await
                 .map_err(conn_err)?;
-                self.node = ((seq - 1).rem_euclid(65_535) + 1) as u16;
+                let max = i64::from(self.cfg.max_node_id);
+                self.node = ((seq - 1).rem_euclid(max) + 1) as u16;
                 if self.sync(cmd, false).await.map_err(conn_err)? >= 0 {
                     return Ok(());
                 }
@@ -441,7 +463,10 @@ impl Worker {
             if Instant::now() >= deadline {
                 return Err(BackplaneError::NodeIdInUse { node: self.node });
             }
-            info!(node = self.node, "backplane: node id still held by another instance; waiting");
+            info!(
+                node = self.node,
+                "backplane: node id still held by another instance; waiting"
+            );
             sleep(self.cfg.heartbeat / 2).await;
         }
     }
@@ -459,7 +484,7 @@ impl Worker {
                             return self.abandon();
                         }
                         if self.process(&mut buf).await == Flow::Stop {
-                            return;
+                            return self.refuse_rest(&mut rx);
                         }
                     }
                     _ = hb.tick() => self.heartbeat().await,
@@ -479,16 +504,24 @@ impl Worker {
                             return self.abandon();
                         }
                         if self.process(&mut buf).await == Flow::Stop {
-                            return;
+                            return self.refuse_rest(&mut rx);
                         }
                     }
                     _ = sleep_until(self.next_attempt) => {
                         if self.attempt(&mut rx, &mut buf).await == Flow::Stop {
-                            return;
+                            return self.refuse_rest(&mut rx);
                         }
                     }
                 }
             }
+        }
+    }
+
+    /// After shutdown: requests that raced with it are answered, not dropped.
+    fn refuse_rest(&self, rx: &mut UnboundedReceiver<Cmd>) {
+        rx.close();
+        while let Ok(cmd) = rx.try_recv() {
+            self.refuse_after_shutdown(cmd);
         }
     }
 
@@ -552,12 +585,19 @@ impl Worker {
                 "backplane: Redis still unreachable ({reason}); next try in {delay:?}"
             );
         } else {
-            debug!(attempts = self.attempts, "backplane: reconnect failed: {reason}");
+            debug!(
+                attempts = self.attempts,
+                "backplane: reconnect failed: {reason}"
+            );
         }
     }
 
     /// Subscribes everything needed, registers member counts, starts the reader.
-    async fn go_live(&mut self, mut cmd: MultiplexedConnection, pubsub: PubSub) -> Result<(), String> {
+    async fn go_live(
+        &mut self,
+        mut cmd: MultiplexedConnection,
+        pubsub: PubSub,
+    ) -> Result<(), String> {
         let (mut sink, stream) = pubsub.split();
         let topics: Vec<String> = self.interest.borrow().keys().cloned().collect();
         let mut channels = vec![self.names.node_channel(self.node)];
@@ -572,7 +612,10 @@ impl Worker {
                     node = self.node,
                     "backplane: node id is held by another live instance; not joining the cluster"
                 );
-                return Err(format!("node id {} is held by another live instance", self.node));
+                return Err(format!(
+                    "node id {} is held by another live instance",
+                    self.node
+                ));
             }
             rooms => debug!(rooms, "backplane: member counts registered"),
         }
@@ -598,7 +641,7 @@ impl Worker {
             info!(
                 node = self.node,
                 %url,
-                attempts = self.attempts,
+                failed_attempts = self.attempts,
                 topics = self.subscribed.len(),
                 rooms = self.members.len(),
                 "backplane: reconnected to Redis; resubscribed and re-registered member counts"
@@ -687,12 +730,18 @@ impl Worker {
         match timed(limit, pipe.query_async::<(i64, i64)>(&mut cmd)).await {
             Err(e) => return self.mark_down(format!("heartbeat failed: {e}")),
             Ok((-1, _)) => {
-                error!(node = self.node, "backplane: another instance took this node id");
+                error!(
+                    node = self.node,
+                    "backplane: another instance took this node id"
+                );
                 return self.mark_down(format!("node id {} taken by another instance", self.node));
             }
             Ok((hb, reaped)) => {
                 if hb == 0 {
-                    warn!(node = self.node, "backplane: liveness key had expired; re-registering");
+                    warn!(
+                        node = self.node,
+                        "backplane: liveness key had expired; re-registering"
+                    );
                     self.resync_needed = true;
                 }
                 if reaped > 0 {
@@ -726,9 +775,11 @@ impl Worker {
                     topic,
                     payload,
                     origin,
+                    room,
                 } => effects.push(Effect::Publish {
                     topic,
                     origin,
+                    room,
                     payload,
                 }),
                 Cmd::Push {
@@ -820,19 +871,35 @@ impl Worker {
     }
 
     fn refuse_after_shutdown(&self, cmd: Cmd) {
-        let reason = "backplane is shutting down".to_string();
+        let reason = "backplane is shutting down";
+        let kind = FailKind::ShuttingDown;
         match cmd {
             Cmd::Publish {
                 topic,
                 payload,
                 origin,
-            } => self.fail(FailedOp::Publish, origin, Some(topic), reason, payload),
+                ..
+            } => self.fail(
+                FailedOp::Publish,
+                kind,
+                origin,
+                Some(topic),
+                reason,
+                payload,
+            ),
             Cmd::Push {
                 node,
                 conn,
                 payload,
                 origin,
-            } => self.fail(FailedOp::Push { node, conn }, origin, None, reason, payload),
+            } => self.fail(
+                FailedOp::Push { node, conn },
+                kind,
+                origin,
+                None,
+                reason,
+                payload,
+            ),
             _ => {}
         }
     }
@@ -858,13 +925,22 @@ impl Worker {
         true
     }
 
-    fn fail(&self, op: FailedOp, origin: Option<u64>, topic: Option<String>, reason: String, payload: Bytes) {
+    fn fail(
+        &self,
+        op: FailedOp,
+        kind: FailKind,
+        origin: Option<u64>,
+        topic: Option<String>,
+        reason: &str,
+        payload: Bytes,
+    ) {
         BackplaneStats::inc(&self.shared.stats.errors_total);
         self.emitter.emit(Inbound::Failed {
             op,
+            kind,
             origin,
             topic,
-            reason,
+            reason: reason.to_string(),
             payload,
         });
     }
@@ -873,11 +949,13 @@ impl Worker {
     /// node's members with the local count, pushes to our own node still work.
     fn execute_down(&self, effects: Vec<Effect>) {
         for eff in effects {
-            self.fallback(eff, &self.down_reason);
+            self.fallback(eff, FailKind::Down, &self.down_reason);
         }
     }
 
-    fn fallback(&self, eff: Effect, reason: &str) {
+    /// Carries out an effect without Redis: loopback push, failure report, or a
+    /// node-local join/leave event.
+    fn fallback(&self, eff: Effect, kind: FailKind, reason: &str) {
         match eff {
             Effect::Push {
                 node,
@@ -893,13 +971,28 @@ impl Worker {
                 topic,
                 origin,
                 payload,
-            } => self.fail(FailedOp::Publish, origin, Some(topic), reason.to_string(), payload),
+                ..
+            } => self.fail(
+                FailedOp::Publish,
+                kind,
+                origin,
+                Some(topic),
+                reason,
+                payload,
+            ),
             Effect::Push {
                 node,
                 conn,
                 origin,
                 payload,
-            } => self.fail(FailedOp::Push { node, conn }, origin, None, reason.to_string(), payload),
+            } => self.fail(
+                FailedOp::Push { node, conn },
+                kind,
+                origin,
+                None,
+                reason,
+                payload,
+            ),
             Effect::Member {
                 room,
                 conn,
@@ -915,6 +1008,7 @@ impl Worker {
                         conn,
                         joined,
                         members: count,
+                        seq: None,
                         cluster: false,
                         payload,
                     });
@@ -980,17 +1074,32 @@ impl Worker {
         for eff in effects {
             match &eff {
                 Effect::Push { node, .. } if *node == own => {
-                    self.fallback(eff, "");
+                    self.fallback(eff, FailKind::Down, "");
                     continue;
                 }
                 Effect::Publish {
                     topic,
                     origin,
+                    room: false,
                     payload,
                 } => {
                     pipe.cmd("PUBLISH")
                         .arg(self.names.topic_channel(topic))
                         .arg(wire::encode_message(*origin, payload));
+                }
+                Effect::Publish {
+                    topic,
+                    origin,
+                    room: true,
+                    payload,
+                } => {
+                    pipe.cmd("EVAL")
+                        .arg(scripts::ROOM_MESSAGE)
+                        .arg(0)
+                        .arg(&self.names.prefix)
+                        .arg(topic)
+                        .arg(wire::origin_field(*origin))
+                        .arg(&payload[..]);
                 }
                 Effect::Push {
                     node,
@@ -1026,18 +1135,23 @@ impl Worker {
         if sent.is_empty() {
             return;
         }
-        let results = match timed(limit, pipe.query_async::<Vec<RedisResult<Value>>>(&mut cmd)).await {
-            Ok(r) => r,
-            Err(e) => {
-                self.mark_down(format!("publishing failed: {e}"));
-                return self.execute_down(sent);
-            }
-        };
+        let results =
+            match timed(limit, pipe.query_async::<Vec<RedisResult<Value>>>(&mut cmd)).await {
+                Ok(r) => r,
+                Err(e) => {
+                    // Unknown whether Redis took them; report them failed (never silently lost).
+                    self.mark_down(format!("publishing failed: {e}"));
+                    return self.execute_down(sent);
+                }
+            };
         let mut results = results.into_iter();
         for eff in sent {
-            let reply = results
-                .next()
-                .unwrap_or_else(|| Err(redis::RedisError::from((redis::ErrorKind::Client, "missing reply"))));
+            let reply = results.next().unwrap_or_else(|| {
+                Err(redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "missing reply",
+                )))
+            });
             self.settle(eff, reply);
         }
     }
@@ -1048,17 +1162,22 @@ impl Worker {
         match (&eff, reply) {
             (Effect::Push { node, .. }, Ok(Value::Int(0))) => {
                 let reason = format!("no node {node} is listening (gone, or never existed)");
-                self.fallback(eff, &reason);
+                self.fallback(eff, FailKind::NoListener, &reason);
             }
             (Effect::Member { room, .. }, Ok(Value::Int(-1))) => {
-                warn!(room, "backplane: our liveness key lapsed; event shown locally, re-registering");
+                warn!(
+                    room,
+                    "backplane: our liveness key lapsed; event shown locally, re-registering"
+                );
                 self.resync_needed = true;
-                self.fallback(eff, "");
+                self.fallback(eff, FailKind::Down, "");
             }
+            // Room message to a room with no members anywhere: nobody to deliver to.
+            (Effect::Publish { room: true, .. }, Ok(Value::Int(-2))) => {}
             (_, Ok(_)) => BackplaneStats::inc(&stats.published_total),
             (_, Err(e)) => {
                 warn!("backplane: Redis refused a request: {e}");
-                self.fallback(eff, &format!("redis refused it: {e}"));
+                self.fallback(eff, FailKind::Refused, &format!("redis refused it: {e}"));
             }
         }
     }
