@@ -20,11 +20,7 @@ enum Owned {
     Close(Option<(u16, String)>),
 }
 
-fn run(
-    cfg: DecoderConfig,
-    input: &[u8],
-    split: u8,
-) -> (Vec<Owned>, Option<ProtocolError>) {
+fn run(cfg: DecoderConfig, input: &[u8], split: u8) -> (Vec<Owned>, Option<ProtocolError>) {
     let mut dec = Decoder::new(cfg);
     let mut out = Vec::new();
     let mut pos = 0;
@@ -73,7 +69,10 @@ fn run(
         if let Err(e) = r {
             assert!(matches!(e.code, 1002 | 1007 | 1009), "{e}");
             // Failure is sticky.
-            assert_eq!(dec.decode(&mut [0x81, 0x80, 0, 0, 0, 0], |_| ControlFlow::Continue(())), Err(e));
+            assert_eq!(
+                dec.decode(&mut [0x81, 0x80, 0, 0, 0, 0], |_| ControlFlow::Continue(())),
+                Err(e)
+            );
             return (out, Some(e));
         }
     }
@@ -85,7 +84,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let cfg = DecoderConfig {
-        role: if conf & 1 == 0 { Role::Server } else { Role::Client },
+        role: if conf & 1 == 0 {
+            Role::Server
+        } else {
+            Role::Client
+        },
         max_message_size: if conf & 2 != 0 {
             1 << 20
         } else {

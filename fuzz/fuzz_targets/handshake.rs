@@ -62,7 +62,13 @@ fn server(input: &[u8], limit: usize, split: u8) -> Result<Option<Seen>, Handsha
         return Ok(None);
     };
     // Exercise every accessor.
-    let _ = (r.method(), r.host(), r.origin(), r.wants_upgrade(), r.header("upgrade"));
+    let _ = (
+        r.method(),
+        r.host(),
+        r.origin(),
+        r.wants_upgrade(),
+        r.header("upgrade"),
+    );
     let protos = r.protocols();
     let _ = r.extensions();
     let valid = r.validate_upgrade().map(|k| {
@@ -76,7 +82,10 @@ fn server(input: &[u8], limit: usize, split: u8) -> Result<Option<Seen>, Handsha
     Ok(Some(Seen {
         path: r.path().to_owned(),
         query: r.query().map(str::to_owned),
-        headers: r.headers().map(|(n, v)| (n.to_owned(), v.to_owned())).collect(),
+        headers: r
+            .headers()
+            .map(|(n, v)| (n.to_owned(), v.to_owned()))
+            .collect(),
         valid,
         remaining: p.take_remaining(),
     }))
@@ -102,7 +111,11 @@ fuzz_target!(|data: &[u8]| {
     let [limit, split, input @ ..] = data else {
         return;
     };
-    let limit = if *limit == 0 { 8192 } else { *limit as usize * 8 };
+    let limit = if *limit == 0 {
+        8192
+    } else {
+        *limit as usize * 8
+    };
     let whole = server(input, limit, 0);
     let pieces = server(input, limit, split % 13);
     assert_eq!(whole, pieces);

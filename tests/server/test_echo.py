@@ -127,3 +127,22 @@ def test_bad_upgrade_requests(ringcast):
     status, _, _ = http_request(srv.port, b"\x16\x03\x01 hello\r\n\r\n")
     assert status == 400
     assert http_get(srv.port, "/healthz")[0] == 200
+
+
+def test_query_string_head_and_methods(ringcast):
+    srv = ringcast()
+
+    async def run():
+        async with connect(srv.url("/echo?token=abc"), open_timeout=20) as ws:
+            await ws.send("with a query")
+            assert await ws.recv() == "with a query"
+
+    asyncio.run(run())
+    assert http_get(srv.port, "/healthz?probe=1")[:3:2] == (200, b"ok")
+    from wsutil import http_request
+    status, headers, _ = http_request(srv.port, b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 200 and int(headers["content-length"]) > 0
+    status, _, _ = http_request(
+        srv.port, b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+    )
+    assert status == 405

@@ -463,3 +463,14 @@ def test_units_pass_systemd_analyze(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     m = re.search(r"Overall exposure level for ringcast.service: (\d+\.\d+)", r.stdout)
     assert m and float(m.group(1)) <= 2.5, r.stdout
+
+
+def test_every_flag_is_documented():
+    """docs/operations.md lists every flag of `ringcast --help` (and so every
+    config key, which are the same names)."""
+    out = subprocess.run([BIN, "--help"], capture_output=True, text=True, timeout=60).stdout
+    flags = set(re.findall(r"^\s+(?:-\w, )?(--[a-z][a-z0-9-]*)", out, re.M)) - {"--help", "--version"}
+    assert len(flags) > 10, out
+    docs = (DIST.parent / "docs" / "operations.md").read_text()
+    missing = sorted(f for f in flags if f"`{f}`" not in docs)
+    assert not missing, f"flags missing from docs/operations.md: {missing}"

@@ -232,4 +232,34 @@ mod loom_model {
             }
         });
     }
+
+    /// `push_or_want_room` / `take_room_wanted`: a sender that finds the
+    /// queue full either gets in on its retry or is woken by the consumer.
+    #[test]
+    fn loom_no_lost_room_wakeup() {
+        loom::model(|| {
+            // Capacity 1, initially full.
+            let len = Arc::new(AtomicUsize::new(1));
+            let wanted = Arc::new(AtomicBool::new(false));
+            let woken = Arc::new(AtomicBool::new(false));
+            let (l2, w2, k2) = (len.clone(), wanted.clone(), woken.clone());
+            let consumer = loom::thread::spawn(move || {
+                l2.fetch_sub(1, Ordering::AcqRel); // pop
+                fence(Ordering::SeqCst);
+                if w2.load(Ordering::Relaxed) && w2.swap(false, Ordering::AcqRel) {
+                    k2.store(true, Ordering::Release); // force_wake
+                }
+            });
+            // Sender: first push failed (full); register and retry once.
+            wanted.store(true, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            let got_in = len
+                .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+            consumer.join().unwrap();
+            if !got_in {
+                assert!(woken.load(Ordering::Acquire), "lost room wake-up");
+            }
+        });
+    }
 }

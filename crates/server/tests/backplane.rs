@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -63,7 +64,16 @@ impl Redis {
 
     fn spawn(&mut self) {
         let log = std::fs::File::create(self.dir.join("redis.log")).unwrap();
-        let child = Command::new(redis_binary())
+        let mut cmd = Command::new(redis_binary());
+        // If the test process is killed, take redis-server down with it (the signal fires
+        // when the spawning thread ends; Drop has normally stopped it already).
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
@@ -718,8 +728,10 @@ fn unreachable_redis_at_start() {
         "{msg}"
     );
 
-    let bad = Backplane::start(config("http://nope"), |_| {}).unwrap_err();
-    assert!(matches!(bad, BackplaneError::Config(_)), "{bad:?}");
+    for url in ["http://nope", "not a url", "rediss://127.0.0.1:1/0"] {
+        let bad = Backplane::start(config(url), |_| {}).unwrap_err();
+        assert!(matches!(bad, BackplaneError::Config(_)), "{url}: {bad:?}");
+    }
 
     // Optional: starts disconnected with the given id and connects once Redis is there.
     let mut cfg = config(&url);

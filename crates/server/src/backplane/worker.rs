@@ -407,17 +407,22 @@ impl Worker {
                     // No Redis to allocate from; a random id (set --node-id to avoid clashes).
                     self.node = (self.rng.next() % u64::from(self.cfg.max_node_id)) as u16 + 1;
                 }
+                let reason = match e {
+                    BackplaneError::Connect { reason, .. } => reason,
+                    other => other.to_string(),
+                };
                 warn!(
                     node = self.node,
-                    "backplane: {e}; starting single-node (--redis-optional), will keep trying"
+                    %url,
+                    "backplane: Redis unavailable at start ({reason}); running single-node \
+                     (--redis-optional) and retrying in the background"
                 );
-                self.down_reason = format!("redis backplane not connected: {e}");
-                self.attempt_failed(e.to_string());
+                self.attempt_failed(reason);
                 let _ = init.send(Ok(self.node));
                 true
             }
             Err(e) => {
-                error!("backplane: {e}");
+                // The caller reports it (and exits); no log line here to avoid saying it twice.
                 let _ = init.send(Err(e));
                 false
             }
