@@ -379,6 +379,44 @@ def test_rooms_gauge_and_per_shard_connections(ringcast):
     sc.until(lambda s: s.get("ringcast_rooms") == 0, "rooms back to 0")
 
 
+def test_slow_consumer_is_counted(ringcast):
+    # close-timeout: the lazy client never answers the close frame either.
+    srv = ringcast("--max-backpressure", "64KiB", "--slow-consumer", "close", "--ping-interval", "0",
+                   "--close-timeout", "1s")
+    sc = Scraper(srv.port)
+    # A /broadcast subscriber that never reads, with a tiny receive buffer.
+    lazy = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lazy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    lazy.settimeout(30)
+    lazy.connect(("127.0.0.1", srv.port))
+    try:
+        lazy.sendall(upgrade_request("/broadcast"))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += lazy.recv(1)  # byte by byte: leave every frame unread
+        assert head.startswith(b"HTTP/1.1 101"), head
+        # The publisher is subscribed too; it reads each message back before
+        # sending the next, so its own queue never grows. The kernel buffers
+        # towards the lazy client fill up after a few MiB, then its queue at
+        # the server passes 64 KiB.
+        with ws(srv.url("/broadcast")) as pub:
+            chunk = "x" * 32768
+            for i in range(1, 2049):  # at most 64 MiB
+                pub.send(chunk)
+                assert pub.recv(timeout=15) == chunk
+                if i % 32 == 0 and sc.scrape().get("ringcast_connections_closed_total",
+                                                    reason="slow_consumer") == 1:
+                    break
+            s = sc.until(lambda s: s.get("ringcast_connections_closed_total", reason="slow_consumer") == 1,
+                         "the lazy client closed as a slow consumer")
+            assert s.get("ringcast_slow_consumer_total") >= 1
+            # The publisher kept up and was not touched.
+            pub.send("still here")
+            assert pub.recv(timeout=15) == "still here"
+    finally:
+        lazy.close()
+
+
 def test_healthz_ok_then_503_while_draining(ringcast):
     # One shard, so the echo round trip below orders events on it; long
     # timeouts so the drain lasts until the test is done.

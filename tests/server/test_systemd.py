@@ -80,6 +80,14 @@ def assignments(msg):
     return dict(line.split("=", 1) for line in msg.split("\n") if "=" in line)
 
 
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    """The test plays the service manager: nothing inherited from a manager
+    that may be running the test itself (e.g. a CI runner under systemd)."""
+    for var in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        monkeypatch.delenv(var, raising=False)
+
+
 @pytest.fixture
 def notify():
     socks = []
