@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p ringcast-reactor --example idle_rss -- --backend io-uring --conns 10000
+//! # optional: --buf-count N --buf-size BYTES (io_uring buffer ring / epoll scratch)
 //! ```
 //!
 //! The server (this process, one shard, an echo handler that keeps no
@@ -74,11 +75,15 @@ fn main() {
     }
     let mut backend = BackendChoice::Auto;
     let mut conns = 10_000usize;
+    let mut buf_count = Config::default().buf_count;
+    let mut buf_size = Config::default().buf_size;
     let mut it = args.iter().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--backend" => backend = it.next().unwrap().parse().unwrap(),
             "--conns" => conns = it.next().unwrap().parse().unwrap(),
+            "--buf-count" => buf_count = it.next().unwrap().parse().unwrap(),
+            "--buf-size" => buf_size = it.next().unwrap().parse().unwrap(),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -88,6 +93,8 @@ fn main() {
         listen: "127.0.0.1:0".parse().unwrap(),
         shards: 1,
         backend,
+        buf_count,
+        buf_size,
         ..Default::default()
     };
     let r = start(cfg, move |_| Echo(o2.clone())).expect("start");
@@ -125,7 +132,7 @@ fn main() {
 
     let per = |a: u64, b: u64| (b.saturating_sub(a) as f64 * 1024.0) / conns as f64;
     println!("backend: {}", r.backend());
-    println!("connections: {conns}");
+    println!("connections: {conns}, provided buffers: {buf_count} x {buf_size} B");
     println!("VmRSS before: {rss0} KiB");
     println!(
         "VmRSS {conns} idle (accepted, nothing received): {rss1} KiB -> {:.0} bytes/connection",

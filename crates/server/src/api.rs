@@ -306,7 +306,9 @@ impl<D: Default + 'static> Server<D> {
 
     /// Starts, then serves until SIGTERM or SIGINT, drains (close 1001 to
     /// every client, up to `shutdown-timeout`) and returns. Blocks those two
-    /// signals in the calling thread and its future threads.
+    /// signals in the calling thread and the threads it starts, so call it
+    /// from `main` before spawning threads of your own (a thread that does
+    /// not block them could take the signal and end the process).
     pub fn run(self) -> io::Result<()> {
         crate::run::run(self)
     }
