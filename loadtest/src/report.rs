@@ -276,12 +276,12 @@ fn verdict_cell(t: &Target, v: Option<Verdict>) -> String {
     let shown = if t.versus == Versus::Absolute {
         format!("{} B", thousands(v.value))
     } else {
-        format!("{:.2}×", v.value)
+        format!("{:.3}×", v.value)
     };
     if v.met {
         format!("{shown} — **met**")
     } else {
-        format!("{shown} — **missed** by {:.0}%", v.missed_by_pct)
+        format!("{shown} — **missed** by {:.1}%", v.missed_by_pct)
     }
 }
 

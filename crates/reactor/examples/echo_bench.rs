@@ -58,10 +58,12 @@ fn server(args: &[String]) {
     sigs.add(Signal::SIGINT);
     sigs.add(Signal::SIGTERM);
     sigs.thread_block().unwrap();
+    let buf_count: u16 = arg(args, "--buf-count", Config::default().buf_count);
     let cfg = Config {
         listen,
         shards: 1,
         backend,
+        buf_count,
         ..Default::default()
     };
     let r = start(cfg, |_| Echo).expect("start");
@@ -71,7 +73,9 @@ fn server(args: &[String]) {
         let _ = sigs.wait();
         h.stop(Duration::from_secs(1));
     });
+    let stats = r.stats();
     r.join().unwrap();
+    eprintln!("server stats: {:?}", stats[0]);
     // CPU the server spent (whole process: the shard does all the work).
     use nix::sys::resource::{getrusage, UsageWho};
     let u = getrusage(UsageWho::RUSAGE_SELF).unwrap();
@@ -192,6 +196,6 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("server") => server(&args[2..]),
         Some("client") => client(&args[2..]),
-        _ => eprintln!("usage: echo_bench server [--backend B] [--listen A] | client [--addr A] [--conns N] [--size BYTES] [--secs S] [--depth D]"),
+        _ => eprintln!("usage: echo_bench server [--backend B] [--listen A] [--buf-count N] | client [--addr A] [--conns N] [--size BYTES] [--secs S] [--depth D]"),
     }
 }

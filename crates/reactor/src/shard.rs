@@ -93,7 +93,8 @@ impl<H: Handler> Shard<H> {
         h.on_data(&mut ctx, conn, data);
     }
 
-    /// The peer closed its write side.
+    /// The peer closed its write side. `on_eof` is delivered unless the
+    /// handler already stopped reading (closing); either way no more reads.
     pub fn eof(&mut self, idx: u32) {
         let Some(e) = self.core.conns.get_mut(idx as usize) else {
             return;
@@ -107,8 +108,6 @@ impl<H: Handler> Shard<H> {
         if deliver {
             let (h, mut ctx) = self.ctx();
             h.on_eof(&mut ctx, conn);
-        } else if e.has(st::CLOSING) {
-            // Closing anyway; nothing more will arrive. Keep flushing.
         }
     }
 

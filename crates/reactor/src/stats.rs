@@ -23,6 +23,9 @@ pub struct ShardStats {
     pub enobufs: u64,
     /// Sends that wrote only part of what was offered (short writes).
     pub partial_writes: u64,
+    /// io_uring: provided buffers in circulation (starts at 64, doubles on
+    /// ENOBUFS up to `buf_count`).
+    pub ring_buffers: u64,
     /// io_uring: completions the kernel had to hold in its overflow list
     /// (should stay 0: the CQ is sized for the worst case).
     pub cq_overflow: u64,
@@ -45,6 +48,7 @@ pub(crate) struct StatsCell {
     pub enobufs: AtomicU64,
     pub cq_overflow: AtomicU64,
     pub partial_writes: AtomicU64,
+    pub ring_buffers: AtomicU64,
     pub outbox_pending: AtomicU64,
     pub loops: AtomicU64,
     pub exited: AtomicU64,
@@ -60,6 +64,7 @@ impl StatsCell {
         self.enobufs.store(s.enobufs, Relaxed);
         self.cq_overflow.store(s.cq_overflow, Relaxed);
         self.partial_writes.store(s.partial_writes, Relaxed);
+        self.ring_buffers.store(s.ring_buffers, Relaxed);
         self.outbox_pending.store(s.outbox_pending, Relaxed);
         self.loops.store(s.loops, Relaxed);
         self.exited.store(s.exited as u64, Relaxed);
@@ -75,6 +80,7 @@ impl StatsCell {
             enobufs: self.enobufs.load(Relaxed),
             cq_overflow: self.cq_overflow.load(Relaxed),
             partial_writes: self.partial_writes.load(Relaxed),
+            ring_buffers: self.ring_buffers.load(Relaxed),
             outbox_pending: self.outbox_pending.load(Relaxed),
             loops: self.loops.load(Relaxed),
             exited: self.exited.load(Relaxed) != 0,

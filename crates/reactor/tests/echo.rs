@@ -47,7 +47,7 @@ fn echo_1000(backend: ringcast_reactor::BackendChoice) {
                     for (k, (c, s)) in group.iter_mut().enumerate() {
                         if sent[k] < per_conn {
                             let n = rng.range(1, 4097).min(per_conn - sent[k]);
-                            // Split the chunk over 1-3 writes to vary segmentation.
+                            // Split the chunk into random-sized writes to vary segmentation.
                             fill(*c, sent[k] as u64, &mut buf[..n]);
                             let mut off = 0;
                             while off < n {

@@ -1,7 +1,8 @@
 //! The chat protocol of the `/chat` route (see docs/protocol.md).
 //!
 //! This module is the protocol only: parsing and checking client commands,
-//! rendering server events. Rooms are topics: membership counting and the
+//! rendering server events, and the compact form room events take on the
+//! Redis backplane. Rooms are topics: membership counting and the
 //! one-order-per-room guarantee come from [`crate::pubsub`], whose owner
 //! shard renders the join/message/leave events here with the room's
 //! sequence number and member count.
@@ -30,6 +31,7 @@ pub(crate) enum Command {
     Join { room: String, name: String },
     Message { room: String, text: String },
     Leave { room: String },
+    Direct { to: ConnId, text: String },
 }
 
 /// Parses one text frame from a client. `Err` is the readable reason sent back
@@ -63,8 +65,19 @@ pub(crate) fn parse(text: &str, limits: &Limits) -> Result<Command, String> {
         "leave" => Ok(Command::Leave {
             room: bounded(&obj, "room", limits.room)?,
         }),
+        "direct" => {
+            let to = conn_id_field(&obj, "to")?;
+            let text = string_field(&obj, "text")?;
+            if text.len() > limits.text {
+                return Err(format!("text is longer than {} bytes", limits.text));
+            }
+            Ok(Command::Direct {
+                to,
+                text: text.to_string(),
+            })
+        }
         other => Err(format!(
-            "unknown type {:?} (expected join, message or leave)",
+            "unknown type {:?} (expected join, message, leave or direct)",
             truncate(other, 32)
         )),
     }
@@ -75,6 +88,18 @@ fn string_field<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<&'a str, S
         None => Err(format!("missing field `{key}`")),
         Some(Value::String(s)) => Ok(s),
         Some(_) => Err(format!("field `{key}` must be a string")),
+    }
+}
+
+/// A connection id as the join event shows it: a decimal string (ids do not
+/// fit a JavaScript number), or a JSON integer.
+fn conn_id_field(obj: &Map<String, Value>, key: &str) -> Result<ConnId, String> {
+    let bad = || format!("field `{key}` must be a connection id like \"12345\" (from a join event)");
+    match obj.get(key) {
+        None => Err(format!("missing field `{key}`")),
+        Some(Value::String(s)) => s.parse().map(ConnId::from_u64).map_err(|_| bad()),
+        Some(Value::Number(n)) => n.as_u64().map(ConnId::from_u64).ok_or_else(bad),
+        Some(_) => Err(bad()),
     }
 }
 
@@ -101,6 +126,16 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// Serializes a connection id as a decimal string: ids use all 64 bits,
+/// beyond what a JavaScript number holds exactly.
+struct IdText(u64);
+
+impl Serialize for IdText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
 /// A room event as sent to members; rendered once per event by the room's
 /// owner shard and shared by every recipient.
 #[derive(Serialize)]
@@ -108,7 +143,10 @@ struct Event<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     room: &'a str,
-    name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<IdText>,
     #[serde(skip_serializing_if = "Option::is_none")]
     text: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -120,46 +158,105 @@ struct Event<'a> {
 /// What happened in a room, before the owner numbers it.
 #[derive(Debug, Clone)]
 pub(crate) enum RoomEvent {
-    Join { name: Box<str> },
+    /// `id`: the joiner's connection, for direct messages.
+    Join { name: Box<str>, id: ConnId },
     Message { name: Box<str>, text: Box<str> },
     Leave { name: Box<str> },
+    /// Cluster mode: the member count changed without a join or leave (a
+    /// node died, or re-registered its members after a Redis outage).
+    Members,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Renders `event` for `room` as JSON text.
 pub(crate) fn render(room: &str, event: &RoomEvent, seq: u64, members: usize) -> String {
-    let ts = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    let ev = match event {
-        RoomEvent::Join { name } => Event {
-            kind: "join",
-            room,
-            name,
-            text: None,
-            members: Some(members),
-            seq,
-            ts,
-        },
-        RoomEvent::Message { name, text } => Event {
-            kind: "message",
-            room,
-            name,
-            text: Some(text),
-            members: None,
-            seq,
-            ts,
-        },
-        RoomEvent::Leave { name } => Event {
-            kind: "leave",
-            room,
-            name,
-            text: None,
-            members: Some(members),
-            seq,
-            ts,
-        },
+    let mut ev = Event {
+        kind: "members",
+        room,
+        name: None,
+        id: None,
+        text: None,
+        members: Some(members),
+        seq,
+        ts: now_ms(),
     };
+    match event {
+        RoomEvent::Join { name, id } => {
+            ev.kind = "join";
+            ev.name = Some(name);
+            ev.id = Some(IdText(id.as_u64()));
+        }
+        RoomEvent::Message { name, text } => {
+            ev.kind = "message";
+            ev.name = Some(name);
+            ev.text = Some(text);
+            ev.members = None;
+        }
+        RoomEvent::Leave { name } => {
+            ev.kind = "leave";
+            ev.name = Some(name);
+        }
+        RoomEvent::Members => {}
+    }
     serde_json::to_string(&ev).expect("serializing strings and numbers cannot fail")
+}
+
+/// `{"type":"direct","from":ID,"text":T,"ts":MS}`, for the addressee.
+pub(crate) fn direct(from: ConnId, text: &str) -> String {
+    #[derive(Serialize)]
+    struct Direct<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        from: IdText,
+        text: &'a str,
+        ts: u64,
+    }
+    serde_json::to_string(&Direct {
+        kind: "direct",
+        from: IdText(from.as_u64()),
+        text,
+        ts: now_ms(),
+    })
+    .expect("serializing strings and numbers cannot fail")
+}
+
+/// Room events on the Redis backplane: the payload other nodes render from.
+/// A message is `<name length>:<name><text>` (names may hold any character);
+/// a join or leave is the bare name (the backplane carries the connection
+/// id, the count and the sequence number itself).
+pub(crate) mod wire {
+    use bytes::Bytes;
+
+    pub(crate) fn message(name: &str, text: &str) -> Bytes {
+        let mut v = Vec::with_capacity(name.len() + text.len() + 4);
+        v.extend_from_slice(name.len().to_string().as_bytes());
+        v.push(b':');
+        v.extend_from_slice(name.as_bytes());
+        v.extend_from_slice(text.as_bytes());
+        v.into()
+    }
+
+    /// `None` if `raw` is not what [`message`] writes.
+    pub(crate) fn parse_message(raw: &[u8]) -> Option<(Box<str>, Box<str>)> {
+        let colon = raw.iter().position(|&b| b == b':')?;
+        let len: usize = std::str::from_utf8(&raw[..colon]).ok()?.parse().ok()?;
+        let rest = std::str::from_utf8(&raw[colon + 1..]).ok()?;
+        let (name, text) = (rest.get(..len)?, rest.get(len..)?);
+        Some((name.into(), text.into()))
+    }
+
+    pub(crate) fn name(name: &str) -> Bytes {
+        Bytes::copy_from_slice(name.as_bytes())
+    }
+
+    pub(crate) fn parse_name(raw: &[u8]) -> Option<Box<str>> {
+        std::str::from_utf8(raw).ok().map(Into::into)
+    }
 }
 
 /// `{"type":"error","error":reason}`.
@@ -247,6 +344,12 @@ fn apply<D: Default + 'static>(
                 return Err(format!("not in room {room:?}"));
             }
             ctx.core.unsubscribe(ctx.io, conn, &topic);
+        }
+        Command::Direct { to, text } => {
+            let frame = direct(conn, &text).into();
+            if !ctx.core.push_from(ctx.io, to, frame, Some(conn)) {
+                return Err(format!("connection {} is not connected", to.as_u64()));
+            }
         }
     }
     Ok(())

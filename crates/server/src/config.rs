@@ -10,8 +10,9 @@
 //! value in the file is an error that names the key; the binary exits with
 //! code 2 for those, as clap does for bad flags.
 //!
-//! To add a setting (e.g. the Redis flags), add one line to the table: the
-//! field name, its type, its default and its parser.
+//! To add a setting, add one line to the table: the field name, its type,
+//! its default and its parser. Boolean settings (value name `BOOL`) also
+//! accept the bare flag: `--redis-optional` means `--redis-optional true`.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -196,6 +197,54 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     })
 }
 
+/// `redis://[:password@]HOST:PORT/DB`; empty = no backplane (single node).
+/// Checked here so a typo is a bad flag (exit 2), not a failed start.
+fn parse_redis_url(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Ok(String::new());
+    }
+    if t.starts_with("rediss://") {
+        return Err(format!(
+            "TLS (rediss://) is not supported in {:?}: use redis:// (through a TLS tunnel if needed)",
+            crate::backplane::redact_url(t)
+        ));
+    }
+    if !t.starts_with("redis://") {
+        return Err(format!(
+            "invalid Redis URL {:?}: expected redis://HOST:PORT/DB",
+            crate::backplane::redact_url(t)
+        ));
+    }
+    redis::IntoConnectionInfo::into_connection_info(t).map_err(|e| {
+        format!(
+            "invalid Redis URL {:?}: {e}",
+            crate::backplane::redact_url(t)
+        )
+    })?;
+    Ok(t.to_string())
+}
+
+/// Namespace of the Redis keys and channels.
+fn parse_redis_prefix(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if t.is_empty() || t.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+        return Err(format!(
+            "invalid prefix {s:?}: must be non-empty, without spaces or control characters"
+        ));
+    }
+    Ok(t.to_string())
+}
+
+/// The node liveness timeout; the heartbeat is a fifth of it.
+fn parse_node_ttl(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+        return Err(format!("{s:?} must be between 100ms and 1h"));
+    }
+    Ok(d)
+}
+
 fn parse_backend(s: &str) -> Result<BackendChoice, String> {
     s.parse()
 }
@@ -286,6 +335,20 @@ pub fn default_max_connections() -> usize {
     (nofile_limit() / 10 * 9).saturating_sub(64).max(1)
 }
 
+/// Values a flag takes: booleans may be given bare (`--pin`).
+fn arity(value_name: &str) -> clap::builder::ValueRange {
+    if value_name == "BOOL" {
+        (0..=1).into()
+    } else {
+        1.into()
+    }
+}
+
+/// What a bare boolean flag means.
+fn bare_value(value_name: &str) -> Option<&'static str> {
+    (value_name == "BOOL").then_some("true")
+}
+
 macro_rules! settings {
     ($( $(#[doc = $doc:literal])* $field:ident : $ty:ty = $default:expr, $parse:expr, $value:literal; )*) => {
         /// Command line. Every flag is optional here; [`Settings`] holds the result.
@@ -302,7 +365,14 @@ macro_rules! settings {
             pub config: Option<PathBuf>,
             $(
                 $(#[doc = $doc])*
-                #[arg(long, value_name = $value, value_parser = $parse, allow_negative_numbers = true)]
+                #[arg(
+                    long,
+                    value_name = $value,
+                    value_parser = $parse,
+                    allow_negative_numbers = true,
+                    num_args = arity($value),
+                    default_missing_value = bare_value($value)
+                )]
                 pub $field: Option<$ty>,
             )*
         }
@@ -350,8 +420,18 @@ settings! {
     backend: BackendChoice = BackendChoice::Auto, parse_backend, "BACKEND";
     /// Pin shard i to the i-th allowed CPU; worth it on a dedicated machine, harmful when other busy processes share the CPUs [default: false].
     pin: bool = false, parse_bool, "BOOL";
-    /// Node id (0..=1023) carried in connection ids, for multi-node setups [default: 0].
+    /// Node id (0..=1023) carried in connection ids; with --redis, 0 = allocate one in Redis and 1..=1023 = this fixed id [default: 0].
     node_id: u16 = 0, parse_node_id, "ID";
+    /// Redis backplane for several nodes: redis://[:PASSWORD@]HOST:PORT/DB; rooms, publish and push then reach every node sharing it [default: none, single node].
+    redis: String = String::new(), parse_redis_url, "URL";
+    /// Prefix of every Redis key and channel; clusters sharing one Redis need different prefixes [default: ringcast].
+    redis_prefix: String = "ringcast".to_string(), parse_redis_prefix, "PREFIX";
+    /// Start even when Redis is unreachable (single node until it connects) instead of exiting with an error [default: false].
+    redis_optional: bool = false, parse_bool, "BOOL";
+    /// A node silent this long drops out of the cluster's member counts (heartbeat: a fifth of it) [default: 5s].
+    redis_node_ttl: Duration = Duration::from_secs(5), parse_node_ttl, "DURATION";
+    /// Requests (messages, joins, pushes) waiting for the Redis connection before further ones are refused [default: 65536].
+    redis_queue: usize = 65536, parse_positive, "N";
     /// Open WebSocket connections at most; further upgrades get 503 [default: 90% of RLIMIT_NOFILE - 64].
     max_connections: usize = default_max_connections(), parse_positive, "N";
     /// Open WebSocket connections per client IP; 0 = unlimited [default: 0].
@@ -599,6 +679,35 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn redis_settings() {
+        let s = Settings::defaults();
+        assert!(s.redis.is_empty());
+        assert_eq!(s.redis_prefix, "ringcast");
+        assert_eq!(parse_redis_url(" redis://127.0.0.1:6379/1 "), Ok("redis://127.0.0.1:6379/1".into()));
+        assert_eq!(parse_redis_url(""), Ok(String::new()));
+        let tls = parse_redis_url("rediss://:secret@db:6379/0").unwrap_err();
+        assert!(tls.contains("TLS") && !tls.contains("secret"), "{tls}");
+        assert!(parse_redis_url("http://db").is_err());
+        assert!(parse_redis_url("redis://db:notaport/0").is_err());
+        assert!(parse_redis_prefix("a b").is_err());
+        assert!(parse_node_ttl("50ms").is_err());
+        assert_eq!(parse_node_ttl("1s"), Ok(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn bare_boolean_flags_mean_true() {
+        let s = Settings::parse_from(["ringcast", "--redis-optional", "--pin"]).unwrap();
+        assert!(s.redis_optional && s.pin);
+        let s = Settings::parse_from(["ringcast", "--pin", "false", "--tcp-nodelay", "off"]).unwrap();
+        assert!(!s.pin && !s.tcp_nodelay);
+        let s = Settings::parse_from(["ringcast", "--redis-optional", "--shards", "2"]).unwrap();
+        assert!(s.redis_optional);
+        assert_eq!(s.shards, 2);
+        // Other flags still need their value.
+        assert!(Settings::parse_from(["ringcast", "--shards"]).is_err());
     }
 
     #[test]

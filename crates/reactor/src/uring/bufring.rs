@@ -28,6 +28,8 @@ pub(crate) struct BufRing {
     bufs_bytes: usize,
     buf_size: u32,
     count: u16,
+    /// Buffers handed to the kernel so far (`0..provided` circulate).
+    provided: u16,
     bgid: u16,
 }
 
@@ -74,6 +76,7 @@ impl BufRing {
             bufs_bytes,
             buf_size,
             count,
+            provided: 0,
             bgid,
         })
     }
@@ -82,17 +85,37 @@ impl BufRing {
         self.bgid
     }
 
-    /// Register with the ring and hand every buffer to the kernel.
-    pub fn register(&mut self, sub: &Submitter<'_>) -> io::Result<()> {
+    /// Register with the ring and hand the first `initial` buffers to the kernel.
+    pub fn register(&mut self, sub: &Submitter<'_>, initial: u16) -> io::Result<()> {
         // SAFETY: `ring` points to `entries` page-aligned, zeroed entries that
         // stay mapped until `Drop`, and the owner (`UringDriver`) unregisters
         // the group or destroys the io_uring instance before dropping us.
         unsafe { sub.register_buf_ring_with_flags(self.ring as u64, self.entries, self.bgid, 0)? };
-        for bid in 0..self.count {
+        self.grow(initial.max(1));
+        Ok(())
+    }
+
+    /// Hand up to `n` more never-used buffers to the kernel; returns how many.
+    ///
+    /// The ring is FIFO, so every provided buffer takes its turn: the cache
+    /// and RSS working set is *all* provided buffers, however little data
+    /// flows. Starting small and growing only when the ring runs dry keeps
+    /// that working set proportional to the real burst size.
+    pub fn grow(&mut self, n: u16) -> u16 {
+        let add = n.min(self.count - self.provided);
+        for bid in self.provided..self.provided + add {
             self.push(bid);
         }
-        self.publish();
-        Ok(())
+        self.provided += add;
+        if add > 0 {
+            self.publish();
+        }
+        add
+    }
+
+    /// Buffers circulating (handed to the kernel at least once).
+    pub fn provided(&self) -> u16 {
+        self.provided
     }
 
     fn push(&mut self, bid: u16) {

@@ -62,6 +62,9 @@ const STARVED: u16 = 2;
 const CANCELLED: u16 = 4;
 
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+/// Provided buffers put into circulation at start; more (doubling, up to
+/// `buf_count`) each time the ring runs dry. See `BufRing::grow`.
+const INITIAL_BUFFERS: u16 = 64;
 const SEND_POOL_MAX: usize = 256;
 const QUIESCE_PATIENCE: Duration = Duration::from_secs(10);
 
@@ -143,7 +146,7 @@ impl UringDriver {
             cq_full: false,
             nodelay: cfg.tcp_nodelay,
         };
-        d.bufs.register(&d.ring.submitter()).map_err(|e| {
+        d.bufs.register(&d.ring.submitter(), INITIAL_BUFFERS).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("registering the provided-buffer ring: {e}"),
@@ -391,6 +394,11 @@ impl UringDriver {
                 0 => sh.eof(idx),
                 libc::ENOBUFS => {
                     sh.core.stats.enobufs += 1;
+                    // The ring ran dry: put more buffers into circulation if
+                    // any are left (they count as buffers that came back).
+                    let circulating = self.bufs.provided();
+                    let added = self.bufs.grow(circulating.max(16));
+                    self.recycled_now += added as u64;
                     if let Some(e) = sh.core.conns.get_mut(idx as usize) {
                         if !more
                             && e.io.flags & STARVED == 0
@@ -510,6 +518,7 @@ impl UringDriver {
             let cq = self.ring.completion();
             self.cq_full = cq.len() >= cq.capacity();
             sh.core.stats.cq_overflow = cq.overflow() as u64;
+            sh.core.stats.ring_buffers = self.bufs.provided() as u64;
             cqes.extend(cq);
         }
         let mut res = Ok(());

@@ -187,7 +187,7 @@ pub(crate) fn probe(cfg: &ShardConfig) -> Result<Mode, String> {
     }
     // A real multishot recv into a registered buffer ring.
     let mut bufs = BufRing::new(2, 64, 0).map_err(|e| format!("mmap for buffer ring: {e}"))?;
-    bufs.register(&ring.submitter())
+    bufs.register(&ring.submitter(), 2)
         .map_err(|e| format!("provided-buffer ring registration failed: {e}"))?;
     let (a, b) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
     let sqe = opcode::RecvMulti::new(types::Fd(a.as_raw_fd()), bufs.bgid())

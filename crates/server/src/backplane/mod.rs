@@ -26,6 +26,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 pub use config::BackplaneConfig;
+pub(crate) use config::redact_url;
 pub use stats::BackplaneStats;
 
 use worker::Cmd;
