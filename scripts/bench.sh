@@ -12,7 +12,8 @@
 #
 # Knobs (environment): SERVER_CPU, GEN_CPU, BENCH_DURATION (s per window),
 # BENCH_REPEAT (windows), BENCH_WARMUP (s), BENCH_PORT, CRITERION_ARGS,
-# BENCH_SKIP_CRITERION=1, BENCH_SERVERS (space-separated subset of labels).
+# BENCH_SKIP_CRITERION=1, BENCH_SERVERS (space-separated subset of labels),
+# BENCH_REPORT_ONLY=1 (rewrite latest.md and charts from the last results).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,12 +30,8 @@ SERVERS=${BENCH_SERVERS:-ringcast-io-uring ringcast-epoll tokio-tungstenite fast
 OUT=target/bench
 RES=$OUT/results
 DOCS=docs/benchmarks
-mkdir -p "$RES" "$OUT/logs" "$DOCS"
-rm -f "$RES"/*.json "$OUT"/logs/*.log
-: >"$OUT/commands.txt"
-: >"$OUT/failures.txt"
 
-log() { printf '\n== %s\n' "$*" >&2; }
+log() { printf '\n== %s (t+%ss)\n' "$*" "$(($(date +%s) - START))" >&2; }
 
 if [ "$(nproc)" -lt 2 ] && [ "$SERVER_CPU" != "$GEN_CPU" ]; then
   echo "bench: only $(nproc) CPU available; server and generator share CPU 0" >&2
@@ -43,9 +40,24 @@ if [ "$(nproc)" -lt 2 ] && [ "$SERVER_CPU" != "$GEN_CPU" ]; then
 fi
 command -v taskset >/dev/null || { echo "bench: taskset (util-linux) is required" >&2; exit 2; }
 
+LT=target/release/ringcast-loadtest
+# BENCH_REPORT_ONLY=1: rewrite latest.md and the charts from the results of
+# the last run (target/bench), without measuring anything.
+if [ "${BENCH_REPORT_ONLY:-0}" = 1 ]; then
+  cargo build --release -p ringcast-loadtest
+  SERVER_CPU=$(cat "$OUT/server-cpu" 2>/dev/null || echo "$SERVER_CPU")
+  GEN_CPU=$(cat "$OUT/gen-cpu" 2>/dev/null || echo "$GEN_CPU")
+else
 log "release build"
 cargo build --release -p ringcast -p ringcast-loadtest -p peer-tungstenite -p peer-fastws
-LT=target/release/ringcast-loadtest
+
+# Only now that everything built: the previous run's results go.
+mkdir -p "$RES" "$OUT/logs" "$DOCS"
+rm -f "$RES"/*.json "$OUT"/logs/*.log
+: >"$OUT/commands.txt"
+: >"$OUT/failures.txt"
+cut -d' ' -f1-3 /proc/loadavg >"$OUT/loadavg-start"
+date -u '+%Y-%m-%d %H:%M UTC' >"$OUT/date"
 
 # -- codec microbenchmarks ----------------------------------------------------
 CRIT_SINCE=$(date +%s)
@@ -135,9 +147,15 @@ for label in $SERVERS; do
   run_case connect "$label" connect /echo -n 5000 --concurrency 64 --repeat "$REPEAT"
 done
 
+echo "$(($(date +%s) - START))" >"$OUT/elapsed"
+cut -d' ' -f1-3 /proc/loadavg >"$OUT/loadavg-end"
+echo "$SERVER_CPU" >"$OUT/server-cpu"
+echo "$GEN_CPU" >"$OUT/gen-cpu"
+fi
+
 # -- report -------------------------------------------------------------------
 log "report"
-ELAPSED=$(($(date +%s) - START))
+ELAPSED=$(cat "$OUT/elapsed")
 SUMMARY=$("$LT" report --input "$RES" --out-dir "$DOCS" --markdown "$OUT/tables.md" \
   --peers tokio-tungstenite,fastwebsockets)
 
@@ -145,7 +163,7 @@ cpu_model=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
 {
   echo "# Latest benchmark run"
   echo
-  echo "Written by \`make bench\` (scripts/bench.sh) on $(date -u '+%Y-%m-%d %H:%M UTC'); the run took ${ELAPSED} s."
+  echo "Written by \`make bench\` (scripts/bench.sh), run started $(cat "$OUT/date"); measuring took ${ELAPSED} s (build included)."
   echo "How to read this: [../benchmarks.md](../benchmarks.md)."
   echo
   echo "## Machine"
@@ -153,7 +171,7 @@ cpu_model=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
   echo "- CPU: ${cpu_model:-unknown}, $(nproc) CPUs (\`nproc\`)"
   echo "- Kernel: $(uname -r)"
   echo "- Rust: $(rustc --version)"
-  echo "- Load average at the start: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine shows up as noise)"
+  echo "- Load average at the start: $(cat "$OUT/loadavg-start"), at the end: $(cat "$OUT/loadavg-end") (other work on the machine shows up as noise)"
   echo "- Pinning: server \`taskset -c $SERVER_CPU\`, generator \`taskset -c $GEN_CPU\`"
   echo "- Windows: ${WARMUP} s warm-up, then ${REPEAT} × ${DURATION} s; figures are per-field medians of the windows"
   echo

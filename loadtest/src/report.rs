@@ -488,11 +488,59 @@ pub fn targets_markdown(cases: &Cases, args: &ReportArgs) -> String {
     for t in targets() {
         let cells: Vec<String> = subjects
             .iter()
-            .map(|s| verdict_cell(&t, evaluate(&t, cases, s, &args.peers)))
+            .map(|s| {
+                let mut cell = verdict_cell(&t, evaluate(&t, cases, s, &args.peers));
+                if let Some(caveat) = caveat(&t, cases, s, &args.peers) {
+                    cell += &format!(" ({caveat})");
+                }
+                cell
+            })
             .collect();
         let _ = writeln!(md, "| {} | {} |", t.text, cells.join(" | "));
     }
+    md += "\n\"gen. saturated\": the generator used ≥ 95% of its CPU in that run, so the \
+           throughput and the server's load were limited by the generator. \"noisy\": other \
+           processes took more than 10% of the server's or the generator's CPU during the \
+           windows. Either makes the verdict less certain; the figures are still the measured \
+           ones.\n";
     md
+}
+
+fn is_noisy(r: &RunResult) -> bool {
+    r.summary.noise().is_some_and(|n| n > NOISE)
+}
+
+/// Why a verdict is less certain: a saturated generator or a noisy
+/// machine in any run the target compares.
+fn caveat(t: &Target, cases: &Cases, subject: &str, peers: &[String]) -> Option<String> {
+    if t.metric == Metric::BytesPerConn {
+        return None;
+    }
+    let mut labels = vec![subject.to_owned()];
+    match &t.versus {
+        Versus::Peer(p) => labels.push((*p).to_owned()),
+        Versus::BestPeer => labels.extend(peers.iter().cloned()),
+        Versus::Absolute => {}
+    }
+    let runs: Vec<&RunResult> = labels.iter().filter_map(|l| cases.get(t.case, l)).collect();
+    let mut why = Vec::new();
+    let sat: Vec<&str> = runs
+        .iter()
+        .filter(|r| r.generator_saturated)
+        .map(|r| r.label.as_str())
+        .collect();
+    if !sat.is_empty() {
+        why.push(format!("gen. saturated: {}", sat.join(", ")));
+    }
+    let noisy: Vec<&str> = runs
+        .iter()
+        .filter(|r| is_noisy(r))
+        .map(|r| r.label.as_str())
+        .collect();
+    if !noisy.is_empty() {
+        why.push(format!("noisy: {}", noisy.join(", ")));
+    }
+    (!why.is_empty()).then(|| why.join("; "))
 }
 
 /// The compact summary table printed at the end of `make bench`.
@@ -533,6 +581,9 @@ pub fn summary_markdown(cases: &Cases, args: &ReportArgs) -> String {
                     }
                     if r.generator_saturated && m != Metric::BytesPerConn {
                         s += " (gen sat.)";
+                    }
+                    if m == Metric::Throughput && is_noisy(r) {
+                        s += " (noisy)";
                     }
                     s
                 })

@@ -73,9 +73,9 @@ fn server(args: &[String]) {
         let _ = sigs.wait();
         h.stop(Duration::from_secs(1));
     });
-    let stats = r.stats();
+    let h = r.handle();
     r.join().unwrap();
-    eprintln!("server stats: {:?}", stats[0]);
+    eprintln!("server stats: {:?}", h.stats()[0]);
     // CPU the server spent (whole process: the shard does all the work).
     use nix::sys::resource::{getrusage, UsageWho};
     let u = getrusage(UsageWho::RUSAGE_SELF).unwrap();

@@ -45,7 +45,8 @@ pub trait Handler: 'static {
     }
 
     /// Output queue crossed `max_write_queue` (`over = true`) or drained back to
-    /// half of it or less (`over = false`).
+    /// half of it or less (`over = false`). Not delivered once the connection
+    /// is closing or shut down for writing (it can take no more output).
     fn on_backpressure(&mut self, ctx: &mut Ctx<'_, Self::Mail>, conn: Conn, over: bool) {
         let _ = (ctx, conn, over);
     }

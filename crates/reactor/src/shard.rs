@@ -209,7 +209,9 @@ pub(crate) fn settle<H: Handler, D: Driver>(sh: &mut Shard<H>, drv: &mut D) {
         let mut did = false;
         while let Some((conn, over)) = sh.core.notes.pop_front() {
             did = true;
-            if sh.core.get(conn).is_some() {
+            // Only for connections that can still take output: a connection
+            // being closed has nothing to gain from the notice.
+            if sh.core.get(conn).is_some_and(|e| e.writable()) {
                 let (h, mut ctx) = sh.ctx();
                 h.on_backpressure(&mut ctx, conn, over);
             }

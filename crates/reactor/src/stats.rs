@@ -23,8 +23,8 @@ pub struct ShardStats {
     pub enobufs: u64,
     /// Sends that wrote only part of what was offered (short writes).
     pub partial_writes: u64,
-    /// io_uring: provided buffers in circulation (starts at 64, doubles on
-    /// ENOBUFS up to `buf_count`).
+    /// io_uring: provided buffers in circulation (starts at 64, doubles when
+    /// ENOBUFS is frequent, up to `buf_count`).
     pub ring_buffers: u64,
     /// io_uring: completions the kernel had to hold in its overflow list
     /// (should stay 0: the CQ is sized for the worst case).

@@ -55,7 +55,9 @@ impl Streamer {
             let n = self.chunk.min(self.total - *done);
             let mut buf = vec![0u8; n];
             fill(7, *done as u64, &mut buf);
-            assert!(ctx.send(c, Bytes::from(buf)));
+            if !ctx.send(c, Bytes::from(buf)) {
+                return; // closing (e.g. the peer reset): stop streaming
+            }
             *done += n;
             if ctx.queued_bytes(c) > self.pause_at {
                 return; // wait for on_backpressure(false)

@@ -278,3 +278,14 @@ fn stop_all_from_handler(backend: BackendChoice) {
     assert_eq!(n.load(Ordering::SeqCst), 3, "on_shutdown on every shard");
 }
 both_backends!(stop_all_from_handler);
+
+/// `Handle` is usable from any thread (a Redis thread, a signal thread).
+#[test]
+fn handle_is_send_sync_clone() {
+    fn assert_send_sync_clone<T: Send + Sync + Clone + 'static>() {}
+    assert_send_sync_clone::<Handle<u64>>();
+    assert_send_sync_clone::<Handle<Bytes>>();
+    assert_send_sync_clone::<Handle<std::sync::Arc<String>>>();
+    fn assert_send<T: Send>() {}
+    assert_send::<Running<Bytes>>();
+}

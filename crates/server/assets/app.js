@@ -173,6 +173,12 @@
         setMembers(msg.members);
         notice('leave', str(msg.name) + ' left');
         break;
+      case 'members':
+        // Cluster mode: the count changed without a join or leave here
+        // (a server node went away or came back).
+        if (msg.room !== st.room) return;
+        setMembers(msg.members);
+        break;
       case 'message':
         if (msg.room !== st.room) return;
         addMessage(msg);

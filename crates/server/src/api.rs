@@ -75,6 +75,25 @@ impl Frame {
         self.0.is_empty()
     }
 
+    /// An encoded frame received from another node (a push or topic message
+    /// on the backplane): accepted only if it is exactly one unmasked, final
+    /// text or binary frame, so nothing else can reach a client.
+    pub(crate) fn from_wire(b: Bytes) -> Option<Frame> {
+        let (&b0, &b1) = (b.first()?, b.get(1)?);
+        if !matches!(b0, 0x81 | 0x82) || b1 & 0x80 != 0 {
+            return None;
+        }
+        let (header, len) = match b1 & 0x7f {
+            126 => (
+                4,
+                u64::from(u16::from_be_bytes(b.get(2..4)?.try_into().ok()?)),
+            ),
+            127 => (10, u64::from_be_bytes(b.get(2..10)?.try_into().ok()?)),
+            n => (2, u64::from(n)),
+        };
+        (b.len() as u64 == header + len).then_some(Frame(b))
+    }
+
     /// Payload size (the header's length field tells how long the header is).
     pub(crate) fn payload_len(&self) -> usize {
         let header = match self.0.get(1).map(|b| b & 0x7f) {
@@ -324,16 +343,18 @@ pub struct Ctx<'a, D> {
 }
 
 impl<D: Default + 'static> Ctx<'_, D> {
-    /// Sends a message to one connection on any shard. Returns false if the
-    /// connection is known to be gone; true if it was queued or handed to its
-    /// shard.
+    /// Sends a message to one connection on any shard, and in cluster mode
+    /// (`--redis`) on any node. Returns false if the connection is known to
+    /// be gone (or its node cannot be reached); true if it was queued or
+    /// handed to its shard or to the backplane.
     pub fn push(&mut self, conn: ConnId, msg: impl Into<Frame>) -> bool {
         let frame = msg.into();
         self.core.push(self.io, conn, frame)
     }
 
-    /// Sends a message to every open WebSocket on every shard. Encoded once;
-    /// other shards get one mail each carrying the shared buffer.
+    /// Sends a message to every open WebSocket on every shard of this node
+    /// (not to other nodes: use a topic for that). Encoded once; other
+    /// shards get one mail each carrying the shared buffer.
     pub fn broadcast(&mut self, msg: impl Into<Frame>) {
         let frame = msg.into();
         self.core.broadcast(self.io, frame)
@@ -350,8 +371,9 @@ impl<D: Default + 'static> Ctx<'_, D> {
         self.core.unsubscribe(self.io, conn, topic)
     }
 
-    /// Sends a message to every subscriber of `topic`, on every shard.
-    /// All subscribers receive a topic's messages in one and the same order.
+    /// Sends a message to every subscriber of `topic`, on every shard, and
+    /// in cluster mode on every node. All subscribers receive a topic's
+    /// messages in one and the same order.
     pub fn publish(&mut self, topic: &str, msg: impl Into<Frame>) {
         let frame = msg.into();
         self.core.publish(self.io, topic, frame)
@@ -429,8 +451,14 @@ impl Running {
     }
 
     /// Waits until every shard has stopped (see [`ServerHandle::stop`]).
+    /// In cluster mode this node then leaves the cluster: its members are
+    /// removed from the counts at once (others see the new counts).
     pub fn join(self) -> io::Result<()> {
-        self.reactor.join()
+        let r = self.reactor.join();
+        if let Some(link) = &self.handle.shared.cluster {
+            link.shutdown(Duration::from_secs(2));
+        }
+        r
     }
 }
 
@@ -444,7 +472,15 @@ pub struct ServerHandle {
 impl ServerHandle {
     /// Like [`Ctx::push`]. Waits (up to 2 s) while the target mailbox is full.
     pub fn push(&self, conn: ConnId, msg: impl Into<Frame>) -> bool {
-        if conn.node() != self.shared.node || conn.shard() >= self.reactor.shards() {
+        if conn.node() != self.shared.node {
+            let Some(bp) = self.shared.backplane() else {
+                return false;
+            };
+            return bp
+                .push(conn.node(), conn.as_u64(), msg.into().0, None)
+                .is_ok();
+        }
+        if conn.shard() >= self.reactor.shards() {
             return false;
         }
         self.mail(

@@ -94,7 +94,8 @@ fn string_field<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<&'a str, S
 /// A connection id as the join event shows it: a decimal string (ids do not
 /// fit a JavaScript number), or a JSON integer.
 fn conn_id_field(obj: &Map<String, Value>, key: &str) -> Result<ConnId, String> {
-    let bad = || format!("field `{key}` must be a connection id like \"12345\" (from a join event)");
+    let bad =
+        || format!("field `{key}` must be a connection id like \"12345\" (from a join event)");
     match obj.get(key) {
         None => Err(format!("missing field `{key}`")),
         Some(Value::String(s)) => s.parse().map(ConnId::from_u64).map_err(|_| bad()),
@@ -159,9 +160,17 @@ struct Event<'a> {
 #[derive(Debug, Clone)]
 pub(crate) enum RoomEvent {
     /// `id`: the joiner's connection, for direct messages.
-    Join { name: Box<str>, id: ConnId },
-    Message { name: Box<str>, text: Box<str> },
-    Leave { name: Box<str> },
+    Join {
+        name: Box<str>,
+        id: ConnId,
+    },
+    Message {
+        name: Box<str>,
+        text: Box<str>,
+    },
+    Leave {
+        name: Box<str>,
+    },
     /// Cluster mode: the member count changed without a join or leave (a
     /// node died, or re-registered its members after a Redis outage).
     Members,
@@ -332,6 +341,7 @@ fn apply<D: Default + 'static>(
                     name,
                     text: text.into(),
                 },
+                conn,
             );
         }
         Command::Leave { room } => {
@@ -347,8 +357,8 @@ fn apply<D: Default + 'static>(
         }
         Command::Direct { to, text } => {
             let frame = direct(conn, &text).into();
-            if !ctx.core.push_from(ctx.io, to, frame, Some(conn)) {
-                return Err(format!("connection {} is not connected", to.as_u64()));
+            if let Err(e) = ctx.core.push_from(ctx.io, to, frame, Some(conn)) {
+                return Err(format!("connection {}: {e}", to.as_u64()));
             }
         }
     }
@@ -439,11 +449,67 @@ mod tests {
         assert_eq!(v["text"], "hi \"x\"");
         assert_eq!(v["seq"], 3);
         assert!(v.get("members").is_none());
-        let j: Value =
-            serde_json::from_str(&render("r", &RoomEvent::Join { name: "b".into() }, 1, 5))
-                .unwrap();
+        // Ids are strings: they use all 64 bits, beyond a JavaScript number.
+        let id = ConnId::new(1023, 3, 77).unwrap();
+        let join = RoomEvent::Join {
+            name: "b".into(),
+            id,
+        };
+        let j: Value = serde_json::from_str(&render("r", &join, 1, 5)).unwrap();
         assert_eq!(j["members"], 5);
+        assert_eq!(j["id"], id.as_u64().to_string());
+        let c: Value = serde_json::from_str(&render("r", &RoomEvent::Members, 9, 4)).unwrap();
+        assert_eq!(
+            c,
+            serde_json::json!({"type":"members","room":"r","members":4,"seq":9,"ts":c["ts"]})
+        );
+        let d: Value = serde_json::from_str(&direct(id, "psst")).unwrap();
+        assert_eq!((&d["type"], &d["text"]), (&"direct".into(), &"psst".into()));
+        assert_eq!(d["from"], id.as_u64().to_string());
         let e: Value = serde_json::from_str(&error("nope")).unwrap();
         assert_eq!(e, serde_json::json!({"type":"error","error":"nope"}));
+    }
+
+    #[test]
+    fn direct_command() {
+        let id = u64::MAX - 5;
+        let cmd = format!(r#"{{"type":"direct","to":"{id}","text":"hi"}}"#);
+        assert_eq!(
+            parse(&cmd, &L),
+            Ok(Command::Direct {
+                to: ConnId::from_u64(id),
+                text: "hi".into()
+            })
+        );
+        assert_eq!(
+            parse(r#"{"type":"direct","to":42,"text":""}"#, &L),
+            Ok(Command::Direct {
+                to: ConnId::from_u64(42),
+                text: "".into()
+            })
+        );
+        for bad in [
+            r#"{"type":"direct","to":"bob","text":"x"}"#,
+            r#"{"type":"direct","to":-1,"text":"x"}"#,
+            r#"{"type":"direct","text":"x"}"#,
+        ] {
+            assert!(parse(bad, &L).unwrap_err().contains("`to`"), "{bad}");
+        }
+        let long = r#"{"type":"direct","to":"1","text":"01234567890123456"}"#;
+        assert_eq!(parse(long, &L).unwrap_err(), "text is longer than 16 bytes");
+    }
+
+    #[test]
+    fn backplane_payloads_round_trip() {
+        for (name, text) in [("ann", "hi"), ("a:b\n", "x:y"), ("é", ""), ("n", "é\u{0}")] {
+            let raw = wire::message(name, text);
+            let (n, t) = wire::parse_message(&raw).unwrap();
+            assert_eq!((&*n, &*t), (name, text));
+        }
+        for bad in [&b"ann"[..], b"x:ann", b"9:ann", b"1:\xff", b":a"] {
+            assert!(wire::parse_message(bad).is_none(), "{bad:?}");
+        }
+        assert_eq!(wire::parse_name(&wire::name("bob")).as_deref(), Some("bob"));
+        assert!(wire::parse_name(b"\xff").is_none());
     }
 }

@@ -228,7 +228,10 @@ fn parse_redis_url(s: &str) -> Result<String, String> {
 /// Namespace of the Redis keys and channels.
 fn parse_redis_prefix(s: &str) -> Result<String, String> {
     let t = s.trim();
-    if t.is_empty() || t.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+    if t.is_empty()
+        || t.bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
         return Err(format!(
             "invalid prefix {s:?}: must be non-empty, without spaces or control characters"
         ));
@@ -686,7 +689,10 @@ mod tests {
         let s = Settings::defaults();
         assert!(s.redis.is_empty());
         assert_eq!(s.redis_prefix, "ringcast");
-        assert_eq!(parse_redis_url(" redis://127.0.0.1:6379/1 "), Ok("redis://127.0.0.1:6379/1".into()));
+        assert_eq!(
+            parse_redis_url(" redis://127.0.0.1:6379/1 "),
+            Ok("redis://127.0.0.1:6379/1".into())
+        );
         assert_eq!(parse_redis_url(""), Ok(String::new()));
         let tls = parse_redis_url("rediss://:secret@db:6379/0").unwrap_err();
         assert!(tls.contains("TLS") && !tls.contains("secret"), "{tls}");
@@ -701,7 +707,8 @@ mod tests {
     fn bare_boolean_flags_mean_true() {
         let s = Settings::parse_from(["ringcast", "--redis-optional", "--pin"]).unwrap();
         assert!(s.redis_optional && s.pin);
-        let s = Settings::parse_from(["ringcast", "--pin", "false", "--tcp-nodelay", "off"]).unwrap();
+        let s =
+            Settings::parse_from(["ringcast", "--pin", "false", "--tcp-nodelay", "off"]).unwrap();
         assert!(!s.pin && !s.tcp_nodelay);
         let s = Settings::parse_from(["ringcast", "--redis-optional", "--shards", "2"]).unwrap();
         assert!(s.redis_optional);

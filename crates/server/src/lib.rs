@@ -11,6 +11,8 @@
 //! - [`api`](crate::Server): the public types: `Server`, `Ctx`, `Message`, `Frame`, `Response`.
 //! - `shard`: the per-shard reactor handler: handshake, frames, limits, timers.
 //! - `pubsub`: topics and chat rooms: owner shard, ordering, fan-out.
+//! - `backplane`: the Redis link between nodes; `cluster`: its wiring into
+//!   the server (settings, routing its events to shards).
 //! - `chat`: the `/chat` JSON protocol.
 //! - `routes`: the binary's routes (`/`, `/chat`, `/echo`, `/broadcast`, ...).
 //! - `config`: flags and the TOML file. `limits`: connection counting.
@@ -21,6 +23,7 @@ mod api;
 pub mod backplane;
 mod chat;
 pub mod cli;
+mod cluster;
 pub mod config;
 mod id;
 mod limits;

@@ -44,7 +44,8 @@ pub enum CloseKind {
     IdleTimeout,
     /// HTTP upgrade not completed in time.
     HandshakeTimeout,
-    /// HTTP request answered with an error status (or a plain HTTP request).
+    /// HTTP request answered with an error status (a plain request answered
+    /// with 2xx/3xx closes as `Normal`).
     HandshakeFailed,
     /// TCP reset or EOF without a close frame.
     Reset,
@@ -241,83 +242,6 @@ impl ShardMetrics {
     }
 }
 
-/// Metrics of the Redis backplane. Written by the backplane task (off the
-/// hot path, possibly from several threads, hence `fetch_add`); rendered when
-/// attached with [`Metrics::with_backplane`].
-#[derive(Debug, Default)]
-pub struct BackplaneMetrics {
-    /// 1 while connected to Redis, 0 otherwise.
-    pub up: AtomicU64,
-    /// Messages published to Redis.
-    pub published: AtomicU64,
-    /// Messages received from Redis.
-    pub received: AtomicU64,
-    /// Errors talking to Redis.
-    pub errors: AtomicU64,
-    /// Reconnections to Redis.
-    pub reconnects: AtomicU64,
-}
-
-impl BackplaneMetrics {
-    pub fn new() -> Self {
-        Self::default()
-    }
-    pub fn set_up(&self, up: bool) {
-        self.up.store(up as u64, Relaxed);
-    }
-    pub fn published(&self) {
-        self.published.fetch_add(1, Relaxed);
-    }
-    pub fn received(&self) {
-        self.received.fetch_add(1, Relaxed);
-    }
-    pub fn error(&self) {
-        self.errors.fetch_add(1, Relaxed);
-    }
-    pub fn reconnected(&self) {
-        self.reconnects.fetch_add(1, Relaxed);
-    }
-
-    fn render(&self, out: &mut String) {
-        let fams: [(&str, &str, &str, &AtomicU64); 5] = [
-            (
-                "ringcast_backplane_up",
-                "1 if connected to the Redis backplane, else 0.",
-                "gauge",
-                &self.up,
-            ),
-            (
-                "ringcast_backplane_published_total",
-                "Messages published to the Redis backplane.",
-                "counter",
-                &self.published,
-            ),
-            (
-                "ringcast_backplane_received_total",
-                "Messages received from the Redis backplane.",
-                "counter",
-                &self.received,
-            ),
-            (
-                "ringcast_backplane_errors_total",
-                "Errors talking to the Redis backplane.",
-                "counter",
-                &self.errors,
-            ),
-            (
-                "ringcast_backplane_reconnects_total",
-                "Reconnections to the Redis backplane.",
-                "counter",
-                &self.reconnects,
-            ),
-        ];
-        for (name, help, kind, v) in fams {
-            header(out, name, help, kind);
-            let _ = writeln!(out, "{name} {}", v.load(Relaxed));
-        }
-    }
-}
-
 /// Renders extra metric families into the exposition text.
 pub type ExtraRenderer = Box<dyn Fn(&mut String) + Send + Sync>;
 
@@ -325,7 +249,6 @@ pub type ExtraRenderer = Box<dyn Fn(&mut String) + Send + Sync>;
 pub struct Metrics {
     shards: Vec<Arc<ShardMetrics>>,
     backend: &'static str,
-    backplane: Option<Arc<BackplaneMetrics>>,
     extra: Vec<ExtraRenderer>,
 }
 
@@ -334,7 +257,6 @@ impl std::fmt::Debug for Metrics {
         f.debug_struct("Metrics")
             .field("shards", &self.shards.len())
             .field("backend", &self.backend)
-            .field("backplane", &self.backplane.is_some())
             .field("extra", &self.extra.len())
             .finish()
     }
@@ -372,19 +294,14 @@ impl Metrics {
         Metrics {
             shards,
             backend,
-            backplane: None,
             extra: Vec::new(),
         }
     }
 
-    /// Also render the backplane families.
-    pub fn with_backplane(mut self, backplane: Arc<BackplaneMetrics>) -> Self {
-        self.backplane = Some(backplane);
-        self
-    }
-
     /// Also call `f` at the end of every render; it must append complete
-    /// families (`# HELP`, `# TYPE`, samples) whose names do not clash.
+    /// families (`# HELP`, `# TYPE`, samples) whose names do not clash. The
+    /// server attaches the Redis backplane's counters this way
+    /// (`BackplaneStats::render`, the one definition of those families).
     pub fn with_extra(mut self, f: ExtraRenderer) -> Self {
         self.extra.push(f);
         self
@@ -535,9 +452,6 @@ impl Metrics {
         );
         let _ = writeln!(out, "ringcast_shards {}", self.shards.len());
 
-        if let Some(bp) = &self.backplane {
-            bp.render(&mut out);
-        }
         for f in &self.extra {
             f(&mut out);
         }
@@ -719,13 +633,14 @@ mod tests {
 
     #[test]
     fn backplane_and_extra_families() {
-        let bp = Arc::new(BackplaneMetrics::new());
-        bp.set_up(true);
-        bp.published();
-        bp.published();
-        bp.reconnected();
+        use crate::backplane::BackplaneStats;
+        let bp = Arc::new(BackplaneStats::default());
+        bp.up.store(1, Relaxed);
+        bp.published_total.store(2, Relaxed);
+        bp.reconnects_total.store(1, Relaxed);
+        let stats = bp.clone();
         let m = Metrics::new(vec![Arc::new(ShardMetrics::new(0))], "epoll")
-            .with_backplane(bp)
+            .with_extra(Box::new(move |out: &mut String| stats.render(out)))
             .with_extra(Box::new(|out: &mut String| {
                 out.push_str("# HELP ringcast_test_extra Test.\n# TYPE ringcast_test_extra gauge\nringcast_test_extra 7\n");
             }));

@@ -111,6 +111,9 @@ pub(crate) fn start<D: Default + 'static>(server: Server<D>) -> io::Result<Runni
         check_listen(&settings)?;
     }
     let shards = settings.shard_count();
+    // Before the shards: the node id goes into every connection id. Redis
+    // unreachable is a start error unless --redis-optional.
+    let cluster = crate::cluster::start(&settings)?;
     let backend = resolve_backend(settings.backend);
     let backend_name = match backend {
         BackendChoice::Epoll => "epoll",
@@ -119,11 +122,20 @@ pub(crate) fn start<D: Default + 'static>(server: Server<D>) -> io::Result<Runni
     let shard_metrics: Vec<Arc<ShardMetrics>> = (0..shards)
         .map(|i| Arc::new(ShardMetrics::new(i)))
         .collect();
-    let metrics = Arc::new(Metrics::new(shard_metrics, backend_name));
+    let mut metrics = Metrics::new(shard_metrics, backend_name);
+    if let Some(link) = &cluster {
+        let stats = link.backplane.stats();
+        metrics = metrics.with_extra(Box::new(move |out| stats.render(out)));
+    }
+    let metrics = Arc::new(metrics);
     let notifier = Arc::new(Notifier::from_env());
     let cfg = reactor_config(&settings, shards, backend, inherited);
+    let node = cluster
+        .as_ref()
+        .map_or(settings.node_id, |l| l.backplane.node_id());
     let shared = Arc::new(Shared {
-        node: settings.node_id,
+        node,
+        cluster,
         metrics: metrics.clone(),
         gauges: Gauges::new(shards),
         per_ip: (settings.max_connections_per_ip > 0)
@@ -144,8 +156,16 @@ pub(crate) fn start<D: Default + 'static>(server: Server<D>) -> io::Result<Runni
         app: app.clone(),
         core: Core::new(i, shards, factory_shared.clone()),
     })
-    .map_err(|e| start_error(listen, e))?;
+    .map_err(|e| {
+        if let Some(link) = &shared.cluster {
+            link.shutdown(Duration::from_secs(2));
+        }
+        start_error(listen, e)
+    })?;
     let rhandle = reactor.handle();
+    if let Some(link) = &shared.cluster {
+        link.connect(rhandle.clone());
+    }
     for shard in 0..shards {
         // Arms each shard's sweep timer (heartbeat, pings, timeouts) even
         // before its first connection.
@@ -160,6 +180,8 @@ pub(crate) fn start<D: Default + 'static>(server: Server<D>) -> io::Result<Runni
         listen = %addrs.join(","),
         backend = reactor.backend().as_str(),
         shards,
+        node = shared.node,
+        cluster = shared.cluster.is_some(),
         max_connections = shared.settings.max_connections,
         "ringcast listening"
     );

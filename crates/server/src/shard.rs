@@ -29,6 +29,8 @@ use ringcast_codec::{
 use ringcast_reactor::{CloseReason, Conn, TimerId};
 
 use crate::api::{Ctx, Frame, Handlers, Message, Response};
+use crate::backplane::{Backplane, SendError};
+use crate::cluster::Link;
 use crate::config::{Settings, SlowConsumer};
 use crate::id::ConnId;
 use crate::limits::{Gauges, PerIp};
@@ -116,12 +118,22 @@ impl Io for ringcast_reactor::Ctx<'_, Mail> {
 /// their own shard writes).
 pub(crate) struct Shared {
     pub settings: Settings,
+    /// This node's id (from `--node-id`, or allocated by the backplane).
     pub node: u16,
+    /// Cluster mode (`--redis`): the link to the other nodes.
+    pub cluster: Option<Link>,
     pub metrics: Arc<Metrics>,
     pub gauges: Gauges,
     pub per_ip: Option<PerIp>,
     pub notifier: Arc<Notifier>,
     pub chat: crate::chat::Limits,
+}
+
+impl Shared {
+    /// The backplane, in cluster mode.
+    pub fn backplane(&self) -> Option<&Backplane> {
+        self.cluster.as_ref().map(|l| &l.backplane)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -347,6 +359,24 @@ impl<D> Table<D> {
     }
 }
 
+/// Why a push was not handed on.
+#[derive(Debug)]
+pub(crate) enum PushError {
+    /// No such connection (or no way to reach its node).
+    Gone,
+    /// The backplane did not take it.
+    Backplane(SendError),
+}
+
+impl std::fmt::Display for PushError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PushError::Gone => f.write_str("not connected"),
+            PushError::Backplane(e) => write!(f, "cannot reach it: {e}"),
+        }
+    }
+}
+
 /// Timer data of the periodic sweep.
 const SWEEP: u64 = 1;
 
@@ -505,14 +535,38 @@ impl<D: Default + 'static> Core<D> {
     }
 
     pub(crate) fn push(&mut self, io: &mut dyn Io, to: ConnId, frame: Frame) -> bool {
+        self.push_from(io, to, frame, None).is_ok()
+    }
+
+    /// Sends `frame` to `to` on any shard of any node (other nodes through
+    /// the backplane). `origin`: the chat member sending it, told by an
+    /// error event if the cluster cannot deliver it.
+    pub(crate) fn push_from(
+        &mut self,
+        io: &mut dyn Io,
+        to: ConnId,
+        frame: Frame,
+        origin: Option<ConnId>,
+    ) -> Result<(), PushError> {
+        if to.node() != self.shared.node {
+            let bp = self.shared.backplane().ok_or(PushError::Gone)?;
+            let origin = origin.map(ConnId::as_u64);
+            return bp
+                .push(to.node(), to.as_u64(), frame.0, origin)
+                .map_err(PushError::Backplane);
+        }
         if !self.is_local_node(to) {
-            return false;
+            return Err(PushError::Gone);
         }
         if to.shard() != self.shard {
             self.mail(io, to.shard(), Mail::Push { to, frame });
-            return true;
+            return Ok(());
         }
-        self.push_local(io, to, &frame)
+        if self.push_local(io, to, &frame) {
+            Ok(())
+        } else {
+            Err(PushError::Gone)
+        }
     }
 
     fn push_local(&mut self, io: &mut dyn Io, to: ConnId, frame: &Frame) -> bool {
@@ -723,7 +777,7 @@ impl<D: Default + 'static> Core<D> {
                 per_ip.release(ip);
             }
             for sub in c.subs {
-                self.drop_sub(io, sub);
+                self.drop_sub(io, c.id, sub);
             }
         }
     }
@@ -764,10 +818,15 @@ impl<D: Default + 'static> Core<D> {
     }
 
     fn respond(&mut self, io: &mut dyn Io, slot: u32, resp: &Response, head_only: bool) {
-        if resp.status() >= 400 {
+        // A successful plain request (the page, /metrics, /healthz) is a
+        // normal close; only error statuses are failed handshakes.
+        let kind = if resp.status() >= 400 {
             self.metrics.handshake_failure(resp.status());
-        }
-        self.answer(io, slot, resp.encode(head_only), CloseKind::HandshakeFailed);
+            CloseKind::HandshakeFailed
+        } else {
+            CloseKind::Normal
+        };
+        self.answer(io, slot, resp.encode(head_only), kind);
     }
 
     /// Sends the one HTTP response of this connection, then a lingering
@@ -1088,6 +1147,7 @@ impl<D: Default + 'static> Core<D> {
                 Phase::Closed => {}
             }
         }
+        self.expire_pending(io, now);
         for slot in expired.drain(..) {
             self.metrics.handshake_failure(408);
             self.answer(

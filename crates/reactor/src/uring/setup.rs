@@ -87,13 +87,16 @@ fn kernel_disallows_defer() -> bool {
 /// Build a ring with the best flags this kernel accepts.
 pub(crate) fn build_ring(sq: u32, cq: u32) -> io::Result<(IoUring, Mode)> {
     let mut last = None;
+    // Diagnostic override (kernel-bug workarounds, measurements):
+    // RINGCAST_URING_SETUP=coop starts the cascade at COOP_TASKRUN.
+    let skip_defer = std::env::var("RINGCAST_URING_SETUP").is_ok_and(|v| v == "coop");
     for mode in [
         Mode::DeferTaskrun,
         Mode::CoopSingleIssuer,
         Mode::Coop,
         Mode::Plain,
     ] {
-        if mode == Mode::DeferTaskrun && kernel_disallows_defer() {
+        if mode == Mode::DeferTaskrun && (skip_defer || kernel_disallows_defer()) {
             continue;
         }
         let mut b = IoUring::builder();

@@ -25,8 +25,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-pub use config::BackplaneConfig;
 pub(crate) use config::redact_url;
+pub use config::BackplaneConfig;
 pub use stats::BackplaneStats;
 
 use worker::Cmd;

@@ -1,0 +1,174 @@
+//! Cluster mode (`--redis`): the server's side of the Redis backplane
+//! (`crate::backplane`, design in docs/scaling.md).
+//!
+//! [`start`] maps the `--redis*` settings onto a [`BackplaneConfig`] and
+//! starts the backplane before the shards, because the node id it settles on
+//! goes into every connection id. Outbound, shards call the [`Backplane`]
+//! handle, which only enqueues. Inbound, events arrive on the backplane
+//! thread and [`Router::route`] turns each into one mail to the shard that
+//! handles it: topic events to the topic's owner shard (one FIFO mailbox per
+//! backplane→shard pair, which keeps Redis's order), pushes to the shard of
+//! the addressed connection. So a shard never waits for Redis.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use ringcast_reactor::Handle;
+
+use crate::api::Frame;
+use crate::backplane::{Backplane, BackplaneConfig, BackplaneStats, FailedOp, Inbound};
+use crate::config::Settings;
+use crate::id::{ConnId, MAX_NODE};
+use crate::pubsub::{owner, remote_topic, TopicMail};
+use crate::shard::Mail;
+
+/// How long the backplane thread retries a full shard mailbox before it
+/// drops the event (counted, logged). A mailbox stays full this long only
+/// when its shard is stuck; meanwhile Redis buffers for this node.
+const MAIL_WAIT: Duration = Duration::from_secs(1);
+
+/// The backplane of a node in cluster mode, and where its events go.
+pub(crate) struct Link {
+    pub backplane: Backplane,
+    router: Arc<OnceLock<Router>>,
+}
+
+/// Starts the backplane if `--redis` is set. Redis unreachable (without
+/// `--redis-optional`), a bad setting or a node id in use is an error whose
+/// text says what to do.
+pub(crate) fn start(s: &Settings) -> io::Result<Option<Link>> {
+    if s.redis.is_empty() {
+        return Ok(None);
+    }
+    let router = Arc::new(OnceLock::<Router>::new());
+    let events = router.clone();
+    let backplane = Backplane::start(config(s), move |ev| {
+        // Before the shards run only `Up` can arrive; nothing to tell them.
+        if let Some(r) = events.get() {
+            r.route(ev);
+        }
+    })
+    .map_err(|e| io::Error::other(e.to_string()))?;
+    Ok(Some(Link { backplane, router }))
+}
+
+fn config(s: &Settings) -> BackplaneConfig {
+    let mut cfg = BackplaneConfig::new(s.redis.as_str());
+    cfg.prefix = s.redis_prefix.clone();
+    cfg.node_id = (s.node_id > 0).then_some(s.node_id);
+    cfg.max_node_id = MAX_NODE;
+    cfg.optional = s.redis_optional;
+    cfg.queue_capacity = s.redis_queue;
+    cfg.node_ttl = s.redis_node_ttl;
+    cfg.heartbeat = s.redis_node_ttl / 5;
+    cfg
+}
+
+impl Link {
+    /// The shards run: from now on backplane events reach them.
+    pub fn connect(&self, reactor: Handle<Mail>) {
+        let stats = self.backplane.stats();
+        let node = self.backplane.node_id();
+        let _ = self.router.set(Router {
+            reactor,
+            node,
+            stats,
+            stopped: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
+        });
+    }
+
+    /// After the shards have stopped (their last leaves are queued): leave
+    /// the cluster cleanly, so others drop this node's members at once.
+    pub fn shutdown(&self, wait: Duration) {
+        if let Some(r) = self.router.get() {
+            // Stopped shards take no mail; do not retry for them.
+            r.stopped.store(true, Ordering::Relaxed);
+        }
+        if !self.backplane.shutdown(wait) {
+            tracing::warn!(
+                "backplane did not stop within {wait:?}; this node's members expire with its ttl"
+            );
+        }
+    }
+}
+
+/// Runs on the backplane thread.
+struct Router {
+    reactor: Handle<Mail>,
+    node: u16,
+    stats: Arc<BackplaneStats>,
+    stopped: AtomicBool,
+    /// Events dropped because a mailbox stayed full (for the log).
+    dropped: AtomicU64,
+}
+
+impl Router {
+    fn route(&self, ev: Inbound) {
+        let shards = self.reactor.shards();
+        match ev {
+            Inbound::Push { conn, payload, .. } => {
+                let to = ConnId::from_u64(conn);
+                let Some(frame) = Frame::from_wire(payload) else {
+                    tracing::warn!(conn, "backplane: dropped a push that is not one frame");
+                    return BackplaneStats::inc(&self.stats.errors_total);
+                };
+                if to.node() == self.node && to.shard() < shards {
+                    self.mail(to.shard(), Mail::Push { to, frame });
+                }
+            }
+            // Only chat direct messages carry their sender: tell it.
+            Inbound::Failed {
+                op: FailedOp::Push { conn, .. },
+                origin: Some(origin),
+                reason,
+                ..
+            } => {
+                let to = ConnId::from_u64(origin);
+                if to.node() == self.node && to.shard() < shards {
+                    let why = format!("direct message to {conn} not delivered: {reason}");
+                    let frame = crate::chat::error(&why).into();
+                    self.mail(to.shard(), Mail::Push { to, frame });
+                }
+            }
+            ev => {
+                // Up, Down, Barrier and failed pushes without a sender are
+                // logged and counted by the backplane itself.
+                if let Some(shard) = remote_topic(&ev).map(|t| owner(t, shards)) {
+                    self.mail(shard, Mail::Topic(TopicMail::Remote(Box::new(ev))));
+                }
+            }
+        }
+    }
+
+    /// Hands `m` to `shard`, waiting a little while its mailbox is full.
+    fn mail(&self, shard: usize, mut m: Mail) {
+        let deadline = Instant::now() + MAIL_WAIT;
+        loop {
+            match self.reactor.mail(shard, m) {
+                Ok(()) => return,
+                Err(back) => {
+                    if self.stopped.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    m = back;
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+            }
+        }
+        BackplaneStats::inc(&self.stats.errors_total);
+        let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            tracing::warn!(
+                shard,
+                dropped = n,
+                "backplane: shard mailbox full for {MAIL_WAIT:?}; event dropped"
+            );
+        }
+    }
+}
