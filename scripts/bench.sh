@@ -48,109 +48,109 @@ if [ "${BENCH_REPORT_ONLY:-0}" = 1 ]; then
   SERVER_CPU=$(cat "$OUT/server-cpu" 2>/dev/null || echo "$SERVER_CPU")
   GEN_CPU=$(cat "$OUT/gen-cpu" 2>/dev/null || echo "$GEN_CPU")
 else
-log "release build"
-cargo build --release -p ringcast -p ringcast-loadtest -p peer-tungstenite -p peer-fastws
+  log "release build"
+  cargo build --release -p ringcast -p ringcast-loadtest -p peer-tungstenite -p peer-fastws
 
-# Only now that everything built: the previous run's results go.
-mkdir -p "$RES" "$OUT/logs" "$DOCS"
-rm -f "$RES"/*.json "$OUT"/logs/*.log
-: >"$OUT/commands.txt"
-: >"$OUT/failures.txt"
-cut -d' ' -f1-3 /proc/loadavg >"$OUT/loadavg-start"
-date -u '+%Y-%m-%d %H:%M UTC' >"$OUT/date"
+  # Only now that everything built: the previous run's results go.
+  mkdir -p "$RES" "$OUT/logs" "$DOCS"
+  rm -f "$RES"/*.json "$OUT"/logs/*.log
+  : >"$OUT/commands.txt"
+  : >"$OUT/failures.txt"
+  cut -d' ' -f1-3 /proc/loadavg >"$OUT/loadavg-start"
+  date -u '+%Y-%m-%d %H:%M UTC' >"$OUT/date"
 
-# -- codec microbenchmarks ----------------------------------------------------
-CRIT_SINCE=$(date +%s)
-if [ "${BENCH_SKIP_CRITERION:-0}" != 1 ]; then
-  log "criterion codec benches ($CRITERION_ARGS)"
-  # shellcheck disable=SC2086 # CRITERION_ARGS is a list of flags
-  if ! cargo bench -p ringcast-benches -- $CRITERION_ARGS >"$OUT/criterion.txt" 2>&1; then
-    echo "criterion benches failed; see $OUT/criterion.txt" | tee -a "$OUT/failures.txt" >&2
+  # -- codec microbenchmarks ----------------------------------------------------
+  CRIT_SINCE=$(date +%s)
+  if [ "${BENCH_SKIP_CRITERION:-0}" != 1 ]; then
+    log "criterion codec benches ($CRITERION_ARGS)"
+    # shellcheck disable=SC2086 # CRITERION_ARGS is a list of flags
+    if ! cargo bench -p ringcast-benches -- $CRITERION_ARGS >"$OUT/criterion.txt" 2>&1; then
+      echo "criterion benches failed; see $OUT/criterion.txt" | tee -a "$OUT/failures.txt" >&2
+    fi
   fi
-fi
-"$LT" criterion-table --since "$CRIT_SINCE" --markdown "$OUT/criterion.md"
+  "$LT" criterion-table --since "$CRIT_SINCE" --markdown "$OUT/criterion.md"
 
-# -- servers ------------------------------------------------------------------
-server_cmd() {
-  local addr=127.0.0.1:$PORT
-  case $1 in
-    ringcast-io-uring) echo "target/release/ringcast --listen $addr --backend io-uring --shards 1 --log-level warn" ;;
-    ringcast-epoll) echo "target/release/ringcast --listen $addr --backend epoll --shards 1 --log-level warn" ;;
-    tokio-tungstenite) echo "target/release/peer-tungstenite --listen $addr" ;;
-    fastwebsockets) echo "target/release/peer-fastws --listen $addr" ;;
-    *) echo "unknown server $1" >&2; return 1 ;;
-  esac
-}
+  # -- servers ------------------------------------------------------------------
+  server_cmd() {
+    local addr=127.0.0.1:$PORT
+    case $1 in
+      ringcast-io-uring) echo "target/release/ringcast --listen $addr --backend io-uring --shards 1 --log-level warn" ;;
+      ringcast-epoll) echo "target/release/ringcast --listen $addr --backend epoll --shards 1 --log-level warn" ;;
+      tokio-tungstenite) echo "target/release/peer-tungstenite --listen $addr" ;;
+      fastwebsockets) echo "target/release/peer-fastws --listen $addr" ;;
+      *) echo "unknown server $1" >&2; return 1 ;;
+    esac
+  }
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
+  port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
 
-SERVER_PID=
-start_server() {
-  local label=$1 cmd
-  cmd=$(server_cmd "$label")
-  # A leftover listener would be measured instead of ours.
-  while port_open; do PORT=$((PORT + 1)); cmd=$(server_cmd "$label"); done
-  # shellcheck disable=SC2086 # cmd is a command line built above
-  taskset -c "$SERVER_CPU" $cmd >>"$OUT/logs/$label.log" 2>&1 &
-  SERVER_PID=$!
-  for _ in $(seq 100); do
-    port_open && return 0
-    kill -0 "$SERVER_PID" 2>/dev/null || break
-    sleep 0.1
-  done
-  echo "bench: $label did not start listening on $PORT; see $OUT/logs/$label.log" >&2
-  return 1
-}
-
-stop_server() {
-  [ -n "$SERVER_PID" ] || return 0
-  kill -TERM "$SERVER_PID" 2>/dev/null || true
-  for _ in $(seq 150); do
-    kill -0 "$SERVER_PID" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL "$SERVER_PID" 2>/dev/null || true
-  wait "$SERVER_PID" 2>/dev/null || true
   SERVER_PID=
-  # Give the kernel a moment to tear down the old sockets.
-  sleep 0.3
-}
-trap stop_server EXIT
+  start_server() {
+    local label=$1 cmd
+    cmd=$(server_cmd "$label")
+    # A leftover listener would be measured instead of ours.
+    while port_open; do PORT=$((PORT + 1)); cmd=$(server_cmd "$label"); done
+    # shellcheck disable=SC2086 # cmd is a command line built above
+    taskset -c "$SERVER_CPU" $cmd >>"$OUT/logs/$label.log" 2>&1 &
+    SERVER_PID=$!
+    for _ in $(seq 100); do
+      port_open && return 0
+      kill -0 "$SERVER_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    echo "bench: $label did not start listening on $PORT; see $OUT/logs/$label.log" >&2
+    return 1
+  }
 
-N=0
-# run_case CASE LABEL SCENARIO PATH ARGS...: fresh server, one generator run.
-run_case() {
-  local case=$1 label=$2 scenario=$3 path=$4
-  shift 4
-  N=$((N + 1))
-  start_server "$label" || { echo "$case $label: server failed to start" >>"$OUT/failures.txt"; return 0; }
-  local file
-  file=$(printf '%s/%02d-%s-%s.json' "$RES" "$N" "$case" "$label")
-  local args=("$scenario" --url "ws://127.0.0.1:$PORT$path" --server-pid "$SERVER_PID"
-    --label "$label" --case "$case" --out "$file" --quiet "$@")
-  echo "taskset -c $SERVER_CPU $(server_cmd "$label")" >>"$OUT/commands.txt"
-  echo "taskset -c $GEN_CPU $LT ${args[*]}" >>"$OUT/commands.txt"
-  local rc=0
-  taskset -c "$GEN_CPU" "$LT" "${args[@]}" || rc=$?
-  [ "$rc" = 0 ] || echo "$case $label: ringcast-loadtest exited with $rc" >>"$OUT/failures.txt"
-  stop_server
-}
+  stop_server() {
+    [ -n "$SERVER_PID" ] || return 0
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    for _ in $(seq 150); do
+      kill -0 "$SERVER_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=
+    # Give the kernel a moment to tear down the old sockets.
+    sleep 0.3
+  }
+  trap stop_server EXIT
 
-TIMING=(--duration "$DURATION" --repeat "$REPEAT" --warmup "$WARMUP")
-for label in $SERVERS; do
-  log "load tests against $label (server on CPU $SERVER_CPU, generator on CPU $GEN_CPU)"
-  run_case echo-20B "$label" echo /echo -c 100 -k 4 -s 20 "${TIMING[@]}"
-  run_case echo-16KiB "$label" echo /echo -c 100 -k 4 -s 16384 --binary "${TIMING[@]}"
-  run_case broadcast-1k "$label" broadcast /broadcast -c 1000 -p 1 -k 8 -s 64 "${TIMING[@]}"
-  run_case broadcast-10k "$label" broadcast /broadcast -c 10000 -p 1 -k 8 -s 64 "${TIMING[@]}"
-  run_case idle-10k "$label" idle /echo -c 10000 --settle 2 --duration 2
-  run_case connect "$label" connect /echo -n 5000 --concurrency 64 --repeat "$REPEAT"
-done
+  N=0
+  # run_case CASE LABEL SCENARIO PATH ARGS...: fresh server, one generator run.
+  run_case() {
+    local case=$1 label=$2 scenario=$3 path=$4
+    shift 4
+    N=$((N + 1))
+    start_server "$label" || { echo "$case $label: server failed to start" >>"$OUT/failures.txt"; return 0; }
+    local file
+    file=$(printf '%s/%02d-%s-%s.json' "$RES" "$N" "$case" "$label")
+    local args=("$scenario" --url "ws://127.0.0.1:$PORT$path" --server-pid "$SERVER_PID"
+      --label "$label" --case "$case" --out "$file" --quiet "$@")
+    echo "taskset -c $SERVER_CPU $(server_cmd "$label")" >>"$OUT/commands.txt"
+    echo "taskset -c $GEN_CPU $LT ${args[*]}" >>"$OUT/commands.txt"
+    local rc=0
+    taskset -c "$GEN_CPU" "$LT" "${args[@]}" || rc=$?
+    [ "$rc" = 0 ] || echo "$case $label: ringcast-loadtest exited with $rc" >>"$OUT/failures.txt"
+    stop_server
+  }
 
-echo "$(($(date +%s) - START))" >"$OUT/elapsed"
-cut -d' ' -f1-3 /proc/loadavg >"$OUT/loadavg-end"
-echo "$SERVER_CPU" >"$OUT/server-cpu"
-echo "$GEN_CPU" >"$OUT/gen-cpu"
+  TIMING=(--duration "$DURATION" --repeat "$REPEAT" --warmup "$WARMUP")
+  for label in $SERVERS; do
+    log "load tests against $label (server on CPU $SERVER_CPU, generator on CPU $GEN_CPU)"
+    run_case echo-20B "$label" echo /echo -c 100 -k 4 -s 20 "${TIMING[@]}"
+    run_case echo-16KiB "$label" echo /echo -c 100 -k 4 -s 16384 --binary "${TIMING[@]}"
+    run_case broadcast-1k "$label" broadcast /broadcast -c 1000 -p 1 -k 8 -s 64 "${TIMING[@]}"
+    run_case broadcast-10k "$label" broadcast /broadcast -c 10000 -p 1 -k 8 -s 64 "${TIMING[@]}"
+    run_case idle-10k "$label" idle /echo -c 10000 --settle 2 --duration 2
+    run_case connect "$label" connect /echo -n 5000 --concurrency 64 --repeat "$REPEAT"
+  done
+
+  echo "$(($(date +%s) - START))" >"$OUT/elapsed"
+  cut -d' ' -f1-3 /proc/loadavg >"$OUT/loadavg-end"
+  echo "$SERVER_CPU" >"$OUT/server-cpu"
+  echo "$GEN_CPU" >"$OUT/gen-cpu"
 fi
 
 # -- report -------------------------------------------------------------------
@@ -203,7 +203,11 @@ if [ -s "$OUT/failures.txt" ]; then
   sed 's/^/  /' "$OUT/failures.txt"
 fi
 echo
-echo "make bench took $(($(date +%s) - START)) s"
+if [ "${BENCH_REPORT_ONLY:-0}" = 1 ]; then
+  echo "latest.md and charts rewritten from $RES"
+else
+  echo "make bench took $(($(date +%s) - START)) s"
+fi
 # A failed check in a ringcast run is a bug to look at; peers' failures are
 # reported above but do not fail the run.
 if grep -q '^[^ ]* ringcast' "$OUT/failures.txt"; then

@@ -473,12 +473,7 @@ impl ServerHandle {
     /// Like [`Ctx::push`]. Waits (up to 2 s) while the target mailbox is full.
     pub fn push(&self, conn: ConnId, msg: impl Into<Frame>) -> bool {
         if conn.node() != self.shared.node {
-            let Some(bp) = self.shared.backplane() else {
-                return false;
-            };
-            return bp
-                .push(conn.node(), conn.as_u64(), msg.into().0, None)
-                .is_ok();
+            return self.shared.push_remote(conn, msg.into(), None).is_ok();
         }
         if conn.shard() >= self.reactor.shards() {
             return false;

@@ -51,31 +51,17 @@ pub(crate) fn parse(text: &str, limits: &Limits) -> Result<Command, String> {
             let name = bounded(&obj, "name", limits.name)?;
             Ok(Command::Join { room, name })
         }
-        "message" => {
-            let room = bounded(&obj, "room", limits.room)?;
-            let text = string_field(&obj, "text")?;
-            if text.len() > limits.text {
-                return Err(format!("text is longer than {} bytes", limits.text));
-            }
-            Ok(Command::Message {
-                room,
-                text: text.to_string(),
-            })
-        }
+        "message" => Ok(Command::Message {
+            room: bounded(&obj, "room", limits.room)?,
+            text: text_field(&obj, limits)?,
+        }),
         "leave" => Ok(Command::Leave {
             room: bounded(&obj, "room", limits.room)?,
         }),
-        "direct" => {
-            let to = conn_id_field(&obj, "to")?;
-            let text = string_field(&obj, "text")?;
-            if text.len() > limits.text {
-                return Err(format!("text is longer than {} bytes", limits.text));
-            }
-            Ok(Command::Direct {
-                to,
-                text: text.to_string(),
-            })
-        }
+        "direct" => Ok(Command::Direct {
+            to: conn_id_field(&obj, "to")?,
+            text: text_field(&obj, limits)?,
+        }),
         other => Err(format!(
             "unknown type {:?} (expected join, message, leave or direct)",
             truncate(other, 32)
@@ -89,6 +75,15 @@ fn string_field<'a>(obj: &'a Map<String, Value>, key: &str) -> Result<&'a str, S
         Some(Value::String(s)) => Ok(s),
         Some(_) => Err(format!("field `{key}` must be a string")),
     }
+}
+
+/// The `text` of a message (may be empty), at most `limits.text` bytes.
+fn text_field(obj: &Map<String, Value>, limits: &Limits) -> Result<String, String> {
+    let text = string_field(obj, "text")?;
+    if text.len() > limits.text {
+        return Err(format!("text is longer than {} bytes", limits.text));
+    }
+    Ok(text.to_string())
 }
 
 /// A connection id as the join event shows it: a decimal string (ids do not

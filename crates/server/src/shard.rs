@@ -134,6 +134,19 @@ impl Shared {
     pub fn backplane(&self) -> Option<&Backplane> {
         self.cluster.as_ref().map(|l| &l.backplane)
     }
+
+    /// A push to a connection of another node: through the backplane, or
+    /// nowhere on a single node.
+    pub fn push_remote(
+        &self,
+        to: ConnId,
+        frame: Frame,
+        origin: Option<ConnId>,
+    ) -> Result<(), PushError> {
+        let bp = self.backplane().ok_or(PushError::Gone)?;
+        bp.push(to.node(), to.as_u64(), frame.0, origin.map(ConnId::as_u64))
+            .map_err(PushError::Backplane)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -549,11 +562,7 @@ impl<D: Default + 'static> Core<D> {
         origin: Option<ConnId>,
     ) -> Result<(), PushError> {
         if to.node() != self.shared.node {
-            let bp = self.shared.backplane().ok_or(PushError::Gone)?;
-            let origin = origin.map(ConnId::as_u64);
-            return bp
-                .push(to.node(), to.as_u64(), frame.0, origin)
-                .map_err(PushError::Backplane);
+            return self.shared.push_remote(to, frame, origin);
         }
         if !self.is_local_node(to) {
             return Err(PushError::Gone);
