@@ -83,7 +83,9 @@ pub struct Config {
     /// Port 0 is allowed: the first shard's actual port is used by the others.
     pub listen: SocketAddr,
     /// Already-listening sockets (systemd socket activation). When non-empty,
-    /// `listen` is ignored and every shard accepts on every inherited socket.
+    /// `listen` is ignored; every shard accepts on every inherited socket and
+    /// hands each connection to the shards in round robin (a full shard is
+    /// skipped), so they are spread evenly.
     pub inherited: Vec<OwnedFd>,
     /// Number of shard threads; 0 = one per CPU in the process affinity mask.
     pub shards: usize,

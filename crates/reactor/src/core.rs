@@ -10,6 +10,7 @@
 use crate::config::{Backend, ShardConfig};
 use crate::conn::{st, Conn, Entry};
 use crate::handler::CloseReason;
+use crate::mailbox::Accepted;
 use crate::shared::Shared;
 use crate::stats::ShardStats;
 use crate::timer::{Payload, TimerId, Wheel};
@@ -18,6 +19,7 @@ use slab::Slab;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -87,6 +89,45 @@ impl<M: Send + 'static> Core<M> {
         self.live += 1;
         self.stats.accepted += 1;
         Some(Conn { idx, gen })
+    }
+
+    /// Place a connection this shard accepted on a listener shared by all
+    /// shards (an inherited one): the shard whose turn it is in the
+    /// reactor-wide round robin (`Shared::next_turn`) gets it, this one
+    /// included. Returns it if it stays here.
+    ///
+    /// A shard whose table was full when it last published its stats is
+    /// passed over for the next one, so the total capacity is usable; if all
+    /// are full, the connection stays here and `insert` refuses it. A target
+    /// that has exited or whose handoff queue is full is passed over too.
+    /// Once a stop was requested nothing is handed off: this shard drains
+    /// what it accepted like any other connection.
+    pub fn hand_out(&mut self, mut a: Accepted) -> Option<Accepted> {
+        let n = self.shared.shards();
+        if n == 1 || self.shared.stop_requested() {
+            return Some(a);
+        }
+        let max = self.cfg.max_connections;
+        let first = self.shared.next_turn();
+        for k in 0..n {
+            let t = (first + k) % n;
+            if t == self.shard {
+                if self.conns.len() < max {
+                    return Some(a);
+                }
+            } else if (self.shared.stats[t].slots.load(Ordering::Relaxed) as usize) < max {
+                match self.shared.mailboxes[t].hand_off(a) {
+                    Ok(()) => {
+                        // Woken with this pass's mail (`flush_outboxes`).
+                        self.touched[t] = true;
+                        self.stats.handed_off += 1;
+                        return None;
+                    }
+                    Err(back) => a = back,
+                }
+            }
+        }
+        Some(a)
     }
 
     pub fn conn_of(&self, idx: u32) -> Option<Conn> {

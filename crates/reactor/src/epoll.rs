@@ -13,13 +13,15 @@
 //!   is `writev` plus flags: `MSG_NOSIGNAL` stops a closed peer from raising
 //!   `SIGPIPE` (we get `EPIPE` instead).
 //! * Listening sockets are level-triggered (so a budget-limited accept loop is
-//!   simply reported again), with `EPOLLEXCLUSIVE` when shared by all shards.
+//!   simply reported again), with `EPOLLEXCLUSIVE` when shared by all shards
+//!   (which shard then serves the connection: `Core::hand_out`).
 //!   `EMFILE`/`ENFILE` take the listener out of the set for 50 ms instead of
 //!   spinning on a backlog we cannot drain.
 
 use crate::conn::st;
 use crate::handler::{CloseReason, Handler};
 use crate::listener::Listener;
+use crate::mailbox::Accepted;
 use crate::outq::MAX_IOV;
 use crate::shard::{Driver, Shard};
 use crate::sys::{self, errno_io};
@@ -27,7 +29,7 @@ use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::socket::{self, MsgFlags, SockFlag, SockaddrStorage};
 use std::io::{self, IoSlice};
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 const TOKEN_LISTENER: u64 = 1 << 63;
@@ -58,16 +60,10 @@ pub(crate) struct EpollDriver {
     paused: Vec<usize>,
     read_ready: Vec<(u32, u64)>,
     waker: RawFd,
-    nodelay: bool,
 }
 
 impl EpollDriver {
-    pub fn new(
-        listeners: Vec<Listener>,
-        waker: RawFd,
-        buf_size: u32,
-        nodelay: bool,
-    ) -> io::Result<Self> {
+    pub fn new(listeners: Vec<Listener>, waker: RawFd, buf_size: u32) -> io::Result<Self> {
         let ep = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(errno_io)?;
         // SAFETY: `waker` is the shard mailbox's eventfd, owned by `Shared`, which
         // outlives this driver (the shard thread holds an Arc to it).
@@ -83,7 +79,6 @@ impl EpollDriver {
             paused: Vec::new(),
             read_ready: Vec::new(),
             waker,
-            nodelay,
         };
         for i in 0..d.listeners.len() {
             d.register_listener(i)?;
@@ -107,28 +102,14 @@ impl EpollDriver {
     fn accept<H: Handler>(&mut self, sh: &mut Shard<H>, i: usize) {
         for _ in 0..ACCEPT_BUDGET {
             let Some(l) = &self.listeners[i] else { return };
+            let shared = l.is_shared();
             match socket::accept4(l.raw(), SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC) {
                 Ok(raw) => {
                     // SAFETY: accept4 just returned this descriptor; nothing else owns it.
                     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-                    sys::configure_accepted(&fd, self.nodelay);
-                    let peer = sys::peer_addr(raw);
-                    let Some(conn) = sh.insert(fd, peer) else {
-                        continue;
-                    };
-                    let ev = EpollEvent::new(
-                        EpollFlags::EPOLLIN
-                            | EpollFlags::EPOLLOUT
-                            | EpollFlags::EPOLLRDHUP
-                            | EpollFlags::EPOLLET,
-                        conn_token(conn.idx, conn.gen),
-                    );
-                    // SAFETY: the fd is owned by the table entry we just inserted.
-                    let bfd = unsafe { BorrowedFd::borrow_raw(raw) };
-                    if let Err(e) = self.ep.add(bfd, ev) {
-                        sh.fail(conn.idx, CloseReason::Error(errno_io(e).kind()));
+                    if let Some(a) = sh.accepted(fd, shared) {
+                        self.adopt(sh, a);
                     }
-                    sh.opened(conn);
                 }
                 Err(Errno::EAGAIN) => return,
                 Err(Errno::EINTR | Errno::ECONNABORTED | Errno::EPROTO | Errno::EPERM) => continue,
@@ -307,6 +288,28 @@ impl Driver for EpollDriver {
             }
         }
         Ok(())
+    }
+
+    fn adopt<H: Handler>(&mut self, sh: &mut Shard<H>, a: Accepted) {
+        let raw = a.fd.as_raw_fd();
+        let Some(conn) = sh.insert(a.fd, a.peer) else {
+            return;
+        };
+        let ev = EpollEvent::new(
+            EpollFlags::EPOLLIN
+                | EpollFlags::EPOLLOUT
+                | EpollFlags::EPOLLRDHUP
+                | EpollFlags::EPOLLET,
+            conn_token(conn.idx, conn.gen),
+        );
+        // SAFETY: the fd is owned by the table entry we just inserted.
+        let bfd = unsafe { BorrowedFd::borrow_raw(raw) };
+        // Registering also reports data that arrived before it (a handed-over
+        // socket may have some): epoll checks readiness when a file is added.
+        if let Err(e) = self.ep.add(bfd, ev) {
+            sh.fail(conn.idx, CloseReason::Error(errno_io(e).kind()));
+        }
+        sh.opened(conn);
     }
 
     fn flush<H: Handler>(&mut self, sh: &mut Shard<H>, idx: u32) {

@@ -32,7 +32,18 @@ pub trait Handler: 'static {
     /// Message type carried by the cross-shard mailboxes.
     type Mail: Send + 'static;
 
-    /// A connection was accepted on this shard.
+    /// Called once on the shard thread, after the handler was built and the
+    /// listeners are set up, before the loop handles any event (so before any
+    /// `on_open`, `on_mail` or `on_timer` on this shard). Arm periodic timers
+    /// here. Every shard has had it by the time [`start`](crate::start)
+    /// returns. Other shards may already be running: mail sent here is
+    /// delivered once the target's loop runs. Default: nothing.
+    fn on_start(&mut self, ctx: &mut Ctx<'_, Self::Mail>) {
+        let _ = ctx;
+    }
+
+    /// A connection was accepted on this shard (or, on a shared inherited
+    /// listener, accepted by another shard and handed to this one).
     fn on_open(&mut self, ctx: &mut Ctx<'_, Self::Mail>, conn: Conn, peer: SocketAddr);
 
     /// Bytes received, in order. `data` is mutable so the codec can unmask in

@@ -6,21 +6,15 @@
 //!   port 0 the first socket is bound to the requested address and the others
 //!   to the port it received.
 //! * Inherited (systemd socket activation): the kernel gave us one socket per
-//!   address and we cannot re-bind it. Every shard accepts on every inherited
-//!   socket, and the kernel wakes one waiter per connection:
-//!   - epoll registers it with `EPOLLEXCLUSIVE`: one incoming connection wakes
-//!     one shard blocked in `epoll_wait` rather than all of them (no
-//!     thundering herd); a busy shard is passed over, so idle shards take the
-//!     work;
-//!   - io_uring keeps a *one-shot* accept on it per shard and re-arms it after
-//!     each connection. Accept polls are exclusive wake-ups delivered to the
-//!     first waiter in the socket's wait queue; a multishot accept stays in
-//!     the queue, so one shard would take every connection (measured: 196 of
-//!     200), whereas a re-armed one-shot accept rejoins at the tail and the
-//!     shards take turns (measured: 98 / 102).
-//!
-//!   (The alternative, one acceptor passing fds through the mailboxes, costs a
-//!   cross-shard hop per connection and makes one shard special.)
+//!   address and we cannot re-bind it, so the kernel cannot spread the
+//!   connections. Every shard accepts on every inherited socket (epoll:
+//!   `EPOLLEXCLUSIVE`, one wake-up per connection; io_uring: a one-shot
+//!   accept per shard, re-armed per connection, so the shards take turns),
+//!   and the accepting shard then hands each connection to the shard whose
+//!   turn it is in a reactor-wide round robin (`Core::hand_out`), itself
+//!   included. The spread is thus exact however the kernel picked the
+//!   acceptor. See docs/reactor.md §3 for the edge cases and why no single
+//!   shard does all the accepting.
 
 use crate::sys;
 use std::io;

@@ -18,13 +18,34 @@
 //! syscall; a sleeping shard costs exactly one eventfd write however many
 //! senders race (only the swap winner writes). A spurious eventfd count left
 //! behind only makes the next wait return early once.
+//!
+//! Beside the handler's mail, each mailbox has a small second queue of
+//! connections handed over by the shard that accepted them on a shared
+//! (inherited) listener (`Core::hand_out`). It has its own capacity, so a
+//! mail flood cannot crowd out connections (or the reverse), and it shares
+//! the wake-up above: `is_empty` covers both queues.
 
 use crate::waker::Waker;
 use crossbeam_queue::ArrayQueue;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{fence, AtomicBool, Ordering};
+
+/// Connections waiting in one shard's handoff queue; beyond this the
+/// accepting shard keeps the connection itself.
+pub(crate) const HANDOFF_CAPACITY: usize = 1024;
+
+/// An accepted socket and its peer address, not yet in any shard's table.
+/// Dropping it closes the socket.
+#[derive(Debug)]
+pub(crate) struct Accepted {
+    pub fd: OwnedFd,
+    pub peer: SocketAddr,
+}
 
 pub(crate) struct Mailbox<M> {
     queue: ArrayQueue<M>,
+    handoffs: ArrayQueue<Accepted>,
     sleeping: AtomicBool,
     /// The shard has exited: further mail is refused.
     closed: AtomicBool,
@@ -38,6 +59,7 @@ impl<M> Mailbox<M> {
     pub fn new(capacity: usize, shards: usize, nonblocking_waker: bool) -> std::io::Result<Self> {
         Ok(Mailbox {
             queue: ArrayQueue::new(capacity),
+            handoffs: ArrayQueue::new(HANDOFF_CAPACITY),
             sleeping: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             room_wanted: (0..shards).map(|_| AtomicBool::new(false)).collect(),
@@ -65,8 +87,37 @@ impl<M> Mailbox<M> {
         self.queue.len()
     }
 
+    /// Nothing for the owner: no mail and no handed-over connection.
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.queue.is_empty() && self.handoffs.is_empty()
+    }
+
+    /// Give the owner a connection to register (the caller wakes it with
+    /// `notify`). `Err` gives the socket back if the owner has exited or the
+    /// queue is full.
+    ///
+    /// If the owner exits between our `closed` check and the push, the
+    /// connection must not sit in a dead queue until `Shared` is dropped:
+    /// `close` stores the flag, fences, then empties the queue; we push,
+    /// fence, then re-check the flag (Dekker, as for `sleeping`). Either
+    /// its emptying sees our push or we see the flag and empty it ourselves.
+    /// Both close what they take: the owner only exits once every shard was
+    /// asked to stop, so no shard would serve the connection anyway.
+    pub fn hand_off(&self, a: Accepted) -> Result<(), Accepted> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(a);
+        }
+        self.handoffs.push(a)?;
+        fence(Ordering::SeqCst);
+        if self.closed.load(Ordering::Relaxed) {
+            while self.handoffs.pop().is_some() {}
+        }
+        Ok(())
+    }
+
+    /// Owner: the next handed-over connection.
+    pub fn take_handoff(&self) -> Option<Accepted> {
+        self.handoffs.pop()
     }
 
     /// Wake the owner if it is (about to be) blocked. Call after pushing.
@@ -88,7 +139,7 @@ impl<M> Mailbox<M> {
     pub fn prepare_sleep(&self) -> bool {
         self.sleeping.store(true, Ordering::Relaxed);
         fence(Ordering::SeqCst);
-        if !self.queue.is_empty() {
+        if !self.is_empty() {
             self.sleeping.store(false, Ordering::Relaxed);
             return false;
         }
@@ -123,8 +174,12 @@ impl<M> Mailbox<M> {
         }
     }
 
+    /// Owner exits: refuse further mail and close the sockets of connections
+    /// handed over too late (see `hand_off`).
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        fence(Ordering::SeqCst);
+        while self.handoffs.pop().is_some() {}
     }
 }
 
@@ -132,6 +187,51 @@ impl<M> Mailbox<M> {
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    fn accepted_pair() -> (Accepted, std::os::unix::net::UnixStream) {
+        let (ours, peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let a = Accepted {
+            fd: OwnedFd::from(ours),
+            peer: SocketAddr::from(([127, 0, 0, 1], 1)),
+        };
+        (a, peer)
+    }
+
+    /// The peer of a handed-over socket sees EOF once the socket is closed.
+    fn closed_by_us(peer: &mut std::os::unix::net::UnixStream) -> bool {
+        use std::io::Read;
+        peer.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        matches!(peer.read(&mut [0u8; 1]), Ok(0))
+    }
+
+    /// Handoffs wake a sleeping owner, are refused once it has exited, and
+    /// any still queued when it exits are closed, not kept.
+    #[test]
+    fn handoff_queue() {
+        let mb = Mailbox::<u64>::new(4, 2, true).unwrap();
+        assert!(mb.prepare_sleep());
+        let (a, _p1) = accepted_pair();
+        mb.hand_off(a).unwrap();
+        mb.notify();
+        assert!(mb.waker().wait_timeout(std::time::Duration::from_secs(30)));
+        assert!(!mb.is_empty());
+        assert!(
+            !mb.prepare_sleep(),
+            "a queued handoff keeps the owner awake"
+        );
+        assert!(mb.take_handoff().is_some());
+        assert!(mb.is_empty());
+
+        let (a, mut queued_peer) = accepted_pair();
+        mb.hand_off(a).unwrap();
+        mb.close();
+        assert!(closed_by_us(&mut queued_peer), "queued at exit: closed");
+        let (a, _p3) = accepted_pair();
+        let back = mb.hand_off(a).expect_err("refused after exit");
+        drop(back);
+        assert!(mb.take_handoff().is_none());
+    }
 
     /// Stress the sleep/notify handshake: a consumer that blocks on the eventfd
     /// whenever it sees an empty queue must never miss a message.
@@ -230,6 +330,33 @@ mod loom_model {
                 // We went to sleep on an empty queue: someone must wake us.
                 assert!(woken.load(Ordering::Acquire), "lost wake-up");
             }
+        });
+    }
+
+    /// `hand_off` / `close`: a connection pushed while the owner exits is
+    /// never left in the dead queue (one side or the other empties it).
+    #[test]
+    fn loom_no_stranded_handoff() {
+        loom::model(|| {
+            let queued = Arc::new(AtomicUsize::new(0));
+            let closed = Arc::new(AtomicBool::new(false));
+            let (q2, c2) = (queued.clone(), closed.clone());
+            let owner = loom::thread::spawn(move || {
+                // close()
+                c2.store(true, Ordering::Release);
+                fence(Ordering::SeqCst);
+                q2.store(0, Ordering::Release);
+            });
+            // hand_off()
+            if !closed.load(Ordering::Acquire) {
+                queued.fetch_add(1, Ordering::AcqRel);
+                fence(Ordering::SeqCst);
+                if closed.load(Ordering::Relaxed) {
+                    queued.store(0, Ordering::Release);
+                }
+            }
+            owner.join().unwrap();
+            assert_eq!(queued.load(Ordering::Acquire), 0, "stranded handoff");
         });
     }
 

@@ -15,7 +15,7 @@ use crate::core::Core;
 use crate::epoll::EpollDriver;
 use crate::handler::Handler;
 use crate::listener::{self, Listener};
-use crate::shard::{self, Shard};
+use crate::shard::{self, Driver, Shard};
 use crate::shared::Shared;
 use crate::stats::ShardStats;
 use crate::{sys, uring};
@@ -293,7 +293,7 @@ where
     }
     let waker = shared.mailboxes[i].waker().raw_fd();
     let core = Core::new(i, shared.clone(), scfg.clone(), backend);
-    let report = |r: io::Result<()>| {
+    let ready = move |r: io::Result<()>| {
         let failed = r
             .as_ref()
             .err()
@@ -302,30 +302,48 @@ where
         failed.map_or(Ok(()), Err)
     };
     match backend {
-        Backend::Epoll => {
-            let mut drv = match EpollDriver::new(listeners, waker, scfg.buf_size, scfg.tcp_nodelay)
-            {
-                Ok(d) => d,
-                Err(e) => return report(Err(e)),
-            };
-            let h = factory(i);
-            report(Ok(()))?;
-            drop(tx);
-            let mut sh = Shard { h, core };
-            exit_on_error(&shared, i, shard::run(&mut sh, &mut drv))
-        }
-        Backend::IoUring => {
-            let mut drv = match uring::UringDriver::new(listeners, waker, &scfg) {
-                Ok(d) => d,
-                Err(e) => return report(Err(e)),
-            };
-            let h = factory(i);
-            report(Ok(()))?;
-            drop(tx);
-            let mut sh = Shard { h, core };
-            exit_on_error(&shared, i, shard::run(&mut sh, &mut drv))
-        }
+        Backend::Epoll => serve(
+            EpollDriver::new(listeners, waker, scfg.buf_size),
+            core,
+            factory,
+            ready,
+        ),
+        Backend::IoUring => serve(
+            uring::UringDriver::new(listeners, waker, &scfg),
+            core,
+            factory,
+            ready,
+        ),
     }
+}
+
+/// Build the handler, deliver `on_start`, report readiness to `start`, then
+/// run the loop. `on_start` comes before the report, so when `start` returns
+/// every shard has had it.
+fn serve<H, F, D>(
+    drv: io::Result<D>,
+    core: Core<H::Mail>,
+    factory: &F,
+    ready: impl FnOnce(io::Result<()>) -> io::Result<()>,
+) -> io::Result<()>
+where
+    H: Handler,
+    F: Fn(usize) -> H,
+    D: Driver,
+{
+    let mut drv = match drv {
+        Ok(d) => d,
+        Err(e) => return ready(Err(e)),
+    };
+    let i = core.shard;
+    let shared = core.shared.clone();
+    let mut sh = Shard {
+        h: factory(i),
+        core,
+    };
+    sh.start(&mut drv);
+    ready(Ok(()))?;
+    exit_on_error(&shared, i, shard::run(&mut sh, &mut drv))
 }
 
 /// A shard that fails stops the others too (as a panic does), so the

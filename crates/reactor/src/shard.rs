@@ -3,8 +3,9 @@
 //! One iteration:
 //! 1. wait for I/O (the backend's `poll`), bounded by the next timer, the
 //!    drain deadline and any backend deadline; zero if work is already pending;
-//! 2. deliver inbound mail (at most a budget per pass, so a flood of mail
-//!    cannot starve I/O);
+//! 2. register connections handed over by other shards, then deliver
+//!    inbound mail (at most a budget per pass, so a flood of mail cannot
+//!    starve I/O);
 //! 3. fire due timers; 4. `on_tick`; 5. handle a stop request / drain;
 //! 6. push outboxes into other shards' mailboxes and wake them (once each).
 //!
@@ -15,10 +16,12 @@ use crate::conn::{st, Conn};
 use crate::core::Core;
 use crate::ctx::Ctx;
 use crate::handler::{CloseReason, Handler};
+use crate::mailbox::{Accepted, HANDOFF_CAPACITY};
+use crate::sys;
 use crate::timer::Payload;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 /// Most mail messages delivered per loop pass.
@@ -28,6 +31,8 @@ const MAIL_BUDGET: usize = 4096;
 pub(crate) trait Driver {
     /// Wait up to `timeout` (None = indefinitely) and dispatch I/O into `sh`.
     fn poll<H: Handler>(&mut self, sh: &mut Shard<H>, timeout: Option<Duration>) -> io::Result<()>;
+    /// Register an accepted socket (start reading it) and deliver `on_open`.
+    fn adopt<H: Handler>(&mut self, sh: &mut Shard<H>, a: Accepted);
     /// Write what `idx` has queued (or finish its close / shutdown_write).
     fn flush<H: Handler>(&mut self, sh: &mut Shard<H>, idx: u32);
     /// Close `idx` now: stop its I/O, deliver `on_close` (via `Shard::closed`)
@@ -58,8 +63,23 @@ impl<H: Handler> Shard<H> {
         )
     }
 
-    /// A socket was accepted: add it to the table (the backend registers it
-    /// before calling `opened`). None if refused (table full; socket closed).
+    /// This shard's backend accepted `fd` on a listener (`shared`: an
+    /// inherited one every shard accepts on). Applies the socket options and
+    /// decides where the connection goes (`Core::hand_out`); `Some` if the
+    /// backend should `adopt` it here.
+    pub fn accepted(&mut self, fd: OwnedFd, shared: bool) -> Option<Accepted> {
+        sys::configure_accepted(&fd, self.core.cfg.tcp_nodelay);
+        let peer = sys::peer_addr(fd.as_raw_fd());
+        let a = Accepted { fd, peer };
+        if shared {
+            self.core.hand_out(a)
+        } else {
+            Some(a)
+        }
+    }
+
+    /// Add a socket to the table (the backend registers it before calling
+    /// `opened`). None if refused (table full; socket closed).
     pub fn insert(&mut self, fd: OwnedFd, peer: SocketAddr) -> Option<Conn> {
         self.core.insert(fd, peer)
     }
@@ -125,6 +145,32 @@ impl<H: Handler> Shard<H> {
             let (h, mut ctx) = self.ctx();
             h.on_close(&mut ctx, conn, why);
         }
+    }
+
+    /// Deliver `on_start` once, before the loop runs.
+    pub fn start<D: Driver>(&mut self, drv: &mut D) {
+        self.core.now = Instant::now();
+        let (h, mut ctx) = self.ctx();
+        h.on_start(&mut ctx);
+        settle(self, drv);
+    }
+
+    /// Register connections other shards handed over (`Core::hand_out`).
+    /// Once draining, close them instead: the handler has had its
+    /// `on_shutdown` and would not know to close them.
+    fn adopt_handoffs<D: Driver>(&mut self, drv: &mut D) {
+        let shared = self.core.shared.clone();
+        let mb = &shared.mailboxes[self.core.shard];
+        for _ in 0..HANDOFF_CAPACITY {
+            let Some(a) = mb.take_handoff() else { break };
+            if self.core.draining {
+                self.core.stats.rejected += 1;
+                drop(a);
+            } else {
+                drv.adopt(self, a);
+            }
+        }
+        settle(self, drv);
     }
 
     fn deliver_mail(&mut self) {
@@ -290,7 +336,8 @@ pub(crate) fn run<H: Handler, D: Driver>(sh: &mut Shard<H>, drv: &mut D) -> io::
         sh.core.now = Instant::now();
         settle(sh, drv);
 
-        // ---- 2. mail ----
+        // ---- 2. handed-over connections, mail ----
+        sh.adopt_handoffs(drv);
         sh.deliver_mail();
         settle(sh, drv);
 

@@ -4,8 +4,14 @@
 use crate::config::Backend;
 use crate::mailbox::Mailbox;
 use crate::stats::StatsCell;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
+
+/// On its own cache line: bumped once per connection accepted on a shared
+/// listener, while `stop` beside it is read by every shard every pass.
+#[repr(align(128))]
+#[derive(Default)]
+struct Turn(AtomicUsize);
 
 pub(crate) struct Shared<M> {
     pub mailboxes: Box<[Mailbox<M>]>,
@@ -14,6 +20,8 @@ pub(crate) struct Shared<M> {
     stop: AtomicBool,
     drain_ns: AtomicU64,
     default_drain: Duration,
+    /// Round-robin position for connections accepted on shared listeners.
+    turn: Turn,
 }
 
 impl<M> Shared<M> {
@@ -34,7 +42,15 @@ impl<M> Shared<M> {
             stop: AtomicBool::new(false),
             drain_ns: AtomicU64::new(default_drain.as_nanos() as u64),
             default_drain,
+            turn: Turn::default(),
         })
+    }
+
+    /// The next shard, in a reactor-wide round robin, to give a connection
+    /// accepted on a shared listener. One counter for all acceptors, so the
+    /// spread is even whichever shards do the accepting.
+    pub fn next_turn(&self) -> usize {
+        self.turn.0.fetch_add(1, Ordering::Relaxed) % self.shards()
     }
 
     pub fn shards(&self) -> usize {

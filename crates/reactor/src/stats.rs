@@ -13,9 +13,15 @@ pub struct ShardStats {
     /// Connection-table slots in use, including closed connections whose
     /// io_uring operations have not all completed yet. 0 = nothing leaked.
     pub slots: u64,
-    /// Connections accepted since start.
+    /// Connections registered on this shard since start: accepted here, or
+    /// accepted by another shard on a shared (inherited) listener and handed
+    /// over.
     pub accepted: u64,
-    /// Connections refused because `max_connections` was reached.
+    /// Connections accepted here on a shared listener and handed to another
+    /// shard (counted in that shard's `accepted`).
+    pub handed_off: u64,
+    /// Connections closed unregistered: `max_connections` was reached, or a
+    /// handed-over connection arrived after this shard began draining.
     pub rejected: u64,
     /// Connections closed (on_close delivered) since start.
     pub closed: u64,
@@ -43,6 +49,7 @@ pub(crate) struct StatsCell {
     pub connections: AtomicU64,
     pub slots: AtomicU64,
     pub accepted: AtomicU64,
+    pub handed_off: AtomicU64,
     pub rejected: AtomicU64,
     pub closed: AtomicU64,
     pub enobufs: AtomicU64,
@@ -59,6 +66,7 @@ impl StatsCell {
         self.connections.store(s.connections, Relaxed);
         self.slots.store(s.slots, Relaxed);
         self.accepted.store(s.accepted, Relaxed);
+        self.handed_off.store(s.handed_off, Relaxed);
         self.rejected.store(s.rejected, Relaxed);
         self.closed.store(s.closed, Relaxed);
         self.enobufs.store(s.enobufs, Relaxed);
@@ -75,6 +83,7 @@ impl StatsCell {
             connections: self.connections.load(Relaxed),
             slots: self.slots.load(Relaxed),
             accepted: self.accepted.load(Relaxed),
+            handed_off: self.handed_off.load(Relaxed),
             rejected: self.rejected.load(Relaxed),
             closed: self.closed.load(Relaxed),
             enobufs: self.enobufs.load(Relaxed),

@@ -289,3 +289,217 @@ fn handle_is_send_sync_clone() {
     fn assert_send<T: Send>() {}
     assert_send::<Running<Bytes>>();
 }
+
+/// `Echo` that first tells each client which shard serves it (one byte).
+struct Greeter(Echo);
+impl Handler for Greeter {
+    type Mail = ();
+    fn on_open(&mut self, ctx: &mut Ctx<'_, ()>, conn: Conn, peer: SocketAddr) {
+        self.0.on_open(ctx, conn, peer);
+        ctx.send(conn, Bytes::from(vec![ctx.shard() as u8]));
+    }
+    fn on_data(&mut self, ctx: &mut Ctx<'_, ()>, conn: Conn, data: &mut [u8]) {
+        self.0.on_data(ctx, conn, data)
+    }
+    fn on_close(&mut self, ctx: &mut Ctx<'_, ()>, conn: Conn, why: CloseReason) {
+        self.0.on_close(ctx, conn, why)
+    }
+    fn on_timer(&mut self, _: &mut Ctx<'_, ()>, _: TimerId, _: u64) {}
+    fn on_mail(&mut self, _: &mut Ctx<'_, ()>, _: ()) {}
+    fn on_shutdown(&mut self, ctx: &mut Ctx<'_, ()>) {
+        self.0.on_shutdown(ctx)
+    }
+}
+
+/// Start `Greeter` shards on a listening socket passed as inherited.
+fn start_inherited(c: Config) -> (Running<()>, SocketAddr, Arc<Events>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let c = Config {
+        inherited: vec![OwnedFd::from(l)],
+        ..c
+    };
+    let ev = Arc::new(Events::default());
+    let e2 = ev.clone();
+    let r = start(c, move |_| Greeter(Echo::new(e2.clone()))).unwrap();
+    (r, addr, ev)
+}
+
+/// Connect, read which shard serves us, and complete one echo round trip
+/// (so the connection is fully set up before the caller opens the next).
+fn open_served(addr: SocketAddr, tag: u64) -> (std::net::TcpStream, usize) {
+    let mut s = connect(addr);
+    let mut shard = [0u8; 1];
+    s.read_exact(&mut shard).unwrap();
+    let mut msg = [0u8; 64];
+    fill(tag, 0, &mut msg);
+    s.write_all(&msg).unwrap();
+    let mut back = [0u8; 64];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(msg, back);
+    (s, shard[0] as usize)
+}
+
+/// Socket activation: one inherited listener, connections opened one after
+/// another (each idle once set up). The round robin puts them on the shards
+/// in turn, whichever shard the kernel woke to accept them.
+fn inherited_round_robin(backend: BackendChoice) {
+    const N: usize = 21;
+    let (r, addr, ev) = start_inherited(cfg(backend, 2));
+    let mut served = [0usize; 2];
+    let mut socks = Vec::new();
+    for k in 0..N {
+        let (s, shard) = open_served(addr, k as u64);
+        served[shard] += 1;
+        socks.push(s);
+    }
+    wait_until("stats published", || {
+        r.stats().iter().map(|s| s.accepted).sum::<u64>() == N as u64
+    });
+    let stats = r.stats();
+    let accepted: Vec<u64> = stats.iter().map(|s| s.accepted).collect();
+    let handed: Vec<u64> = stats.iter().map(|s| s.handed_off).collect();
+    eprintln!("{backend}: served {served:?}, accepted {accepted:?}, handed off {handed:?}");
+    assert_eq!(
+        accepted,
+        served.map(|n| n as u64),
+        "stats agree with the clients"
+    );
+    for n in served {
+        assert!(n > 0 && n.abs_diff(N / 2) <= 1, "uneven split: {served:?}");
+    }
+    assert!(stats.iter().all(|s| s.rejected == 0));
+    drop(socks);
+    wait_table_empty(&r.handle());
+    assert_backend(backend, &ev);
+    stop_and_join(r, &ev);
+}
+both_backends!(inherited_round_robin);
+
+/// The round robin passes over a shard whose table is full, and refuses a
+/// connection only when every shard is full.
+fn inherited_round_robin_skips_full_shard(backend: BackendChoice) {
+    let c = Config {
+        max_connections: 3,
+        ..cfg(backend, 2)
+    };
+    let (r, addr, ev) = start_inherited(c);
+    let mut on: [Vec<std::net::TcpStream>; 2] = Default::default();
+    for k in 0..6 {
+        let (s, shard) = open_served(addr, k);
+        on[shard].push(s);
+    }
+    assert_eq!([on[0].len(), on[1].len()], [3, 3], "round robin");
+    // Free shard 0; shard 1 stays full.
+    on[0].clear();
+    wait_until("shard 0 empty, shard 1 full", || {
+        let s = r.stats();
+        s[0].slots == 0 && s[1].slots == 3
+    });
+    for k in 6..9 {
+        let (s, shard) = open_served(addr, k);
+        assert_eq!(shard, 0, "connection {k} went to the full shard");
+        on[0].push(s);
+    }
+    // Both full now: the next connection is closed unregistered.
+    let mut s = connect(addr);
+    match s.read(&mut [0u8; 1]) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("expected the connection to be refused, got {other:?}"),
+    }
+    wait_until("rejection counted", || {
+        r.stats().iter().map(|s| s.rejected).sum::<u64>() == 1
+    });
+    drop(on);
+    wait_table_empty(&r.handle());
+    stop_and_join(r, &ev);
+}
+both_backends!(inherited_round_robin_skips_full_shard);
+
+/// `on_start`: once per shard, on the shard's thread, before any other
+/// callback, and done everywhere when `start` returns. Timers armed and
+/// mail sent there work.
+#[derive(Default)]
+struct StartLog {
+    started: Mutex<Vec<(usize, String)>>,
+    timer_fired: std::sync::atomic::AtomicUsize,
+    mail_got: std::sync::atomic::AtomicUsize,
+}
+struct Starter {
+    log: Arc<StartLog>,
+    started: bool,
+}
+impl Starter {
+    fn check(&self) {
+        assert!(self.started, "callback before on_start");
+    }
+}
+impl Handler for Starter {
+    type Mail = usize;
+    fn on_start(&mut self, ctx: &mut Ctx<'_, usize>) {
+        assert!(!self.started, "on_start twice");
+        self.started = true;
+        let name = std::thread::current().name().unwrap_or("").to_string();
+        self.log.started.lock().unwrap().push((ctx.shard(), name));
+        ctx.timer(Duration::from_millis(5), 7);
+        let next = (ctx.shard() + 1) % ctx.shards();
+        ctx.mail(next, ctx.shard()).unwrap();
+    }
+    fn on_open(&mut self, _: &mut Ctx<'_, usize>, _: Conn, _: SocketAddr) {
+        self.check();
+    }
+    fn on_data(&mut self, ctx: &mut Ctx<'_, usize>, c: Conn, data: &mut [u8]) {
+        self.check();
+        ctx.send(c, Bytes::copy_from_slice(data));
+    }
+    fn on_close(&mut self, _: &mut Ctx<'_, usize>, _: Conn, _: CloseReason) {}
+    fn on_timer(&mut self, _: &mut Ctx<'_, usize>, _: TimerId, data: u64) {
+        self.check();
+        assert_eq!(data, 7);
+        self.log.timer_fired.fetch_add(1, Ordering::SeqCst);
+    }
+    fn on_mail(&mut self, ctx: &mut Ctx<'_, usize>, from: usize) {
+        self.check();
+        assert_eq!((from + 1) % ctx.shards(), ctx.shard());
+        self.log.mail_got.fetch_add(1, Ordering::SeqCst);
+    }
+    fn on_shutdown(&mut self, _: &mut Ctx<'_, usize>) {
+        self.check();
+    }
+}
+
+fn on_start_runs_first(backend: BackendChoice) {
+    let log = Arc::new(StartLog::default());
+    let l2 = log.clone();
+    let r = start(cfg(backend, 2), move |_| Starter {
+        log: l2.clone(),
+        started: false,
+    })
+    .unwrap();
+    let mut started = log.started.lock().unwrap().clone();
+    started.sort();
+    assert_eq!(
+        started,
+        [
+            (0, "ringcast-shard-0".to_string()),
+            (1, "ringcast-shard-1".to_string())
+        ],
+        "on_start once per shard, on its thread, before start returns"
+    );
+    let mut s = connect(r.local_addrs()[0]);
+    s.write_all(b"hi").unwrap();
+    let mut b = [0u8; 2];
+    s.read_exact(&mut b).unwrap();
+    wait_until("timers armed in on_start fire", || {
+        log.timer_fired.load(Ordering::SeqCst) == 2
+    });
+    wait_until("mail sent in on_start arrives", || {
+        log.mail_got.load(Ordering::SeqCst) == 2
+    });
+    drop(s);
+    r.handle().stop(Duration::from_secs(10));
+    r.join().unwrap();
+    assert_eq!(log.started.lock().unwrap().len(), 2, "on_start only once");
+}
+both_backends!(on_start_runs_first);

@@ -38,6 +38,7 @@ use crate::config::ShardConfig;
 use crate::conn::st;
 use crate::handler::{CloseReason, Handler};
 use crate::listener::Listener;
+use crate::mailbox::Accepted;
 use crate::shard::{Driver, Shard};
 use crate::sys;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
@@ -105,7 +106,6 @@ pub(crate) struct UringDriver {
     enobufs_since_growth: u64,
     uses_since_growth: u64,
     cq_full: bool,
-    nodelay: bool,
 }
 
 impl UringDriver {
@@ -150,7 +150,6 @@ impl UringDriver {
             enobufs_since_growth: 0,
             uses_since_growth: 0,
             cq_full: false,
-            nodelay: cfg.tcp_nodelay,
         };
         d.bufs
             .register(&d.ring.submitter(), INITIAL_BUFFERS)
@@ -232,11 +231,13 @@ impl UringDriver {
         ls.retry = false;
         let ud = encode(Kind::Accept, i as u32, 0);
         // Our own SO_REUSEPORT socket: multishot. A socket shared by every
-        // shard (inherited): one-shot, re-armed per connection. Accept polls
-        // are exclusive wake-ups that go to the first waiter in the socket's
-        // wait queue; a multishot accept never leaves the queue, so one shard
-        // would win every connection, while a re-armed one-shot accept
-        // rejoins at the tail and the shards take turns.
+        // shard (inherited): one-shot, re-armed per connection. Which shard
+        // *serves* a connection is the round robin's choice (`Core::hand_out`);
+        // this spreads the accept *work*. Accept polls are exclusive wake-ups
+        // that go to the first waiter in the socket's wait queue; a multishot
+        // accept never leaves it, so one shard would do every accept, while a
+        // one-shot accept leaves with each connection and rejoins at the tail
+        // when its shard re-arms it, so the shards take turns.
         let sqe = if l.is_shared() {
             opcode::Accept::new(
                 types::Fd(l.raw()),
@@ -500,12 +501,15 @@ impl UringDriver {
         if res >= 0 {
             // SAFETY: the kernel just created this descriptor for us; nothing else owns it.
             let fd = unsafe { OwnedFd::from_raw_fd(res) };
+            // Accepted while stopping: dropped, i.e. closed.
             if !self.stopping {
-                sys::configure_accepted(&fd, self.nodelay);
-                let peer = sys::peer_addr(res);
-                if let Some(conn) = sh.insert(fd, peer) {
-                    self.arm_recv(sh, conn.idx);
-                    sh.opened(conn);
+                let shared = self
+                    .listeners
+                    .get(li)
+                    .and_then(|ls| ls.l.as_ref())
+                    .is_some_and(|l| l.is_shared());
+                if let Some(a) = sh.accepted(fd, shared) {
+                    self.adopt(sh, a);
                 }
             }
         } else {
@@ -636,6 +640,13 @@ impl Driver for UringDriver {
             }
         }
         Ok(())
+    }
+
+    fn adopt<H: Handler>(&mut self, sh: &mut Shard<H>, a: Accepted) {
+        if let Some(conn) = sh.insert(a.fd, a.peer) {
+            self.arm_recv(sh, conn.idx);
+            sh.opened(conn);
+        }
     }
 
     fn flush<H: Handler>(&mut self, sh: &mut Shard<H>, idx: u32) {
