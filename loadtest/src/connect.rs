@@ -107,15 +107,7 @@ pub fn run(args: &ConnectArgs, common: &Common) -> Result<RunResult, String> {
         result.windows.push(w);
         merged.add(&storm.hist).map_err(|e| e.to_string())?;
         unexpected += storm.unexpected;
-        totals.started += st.started;
-        totals.opened += st.opened;
-        totals.connect_failed += st.connect_failed;
-        totals.handshake_failed += st.handshake_failed;
-        totals.timed_out += st.timed_out;
-        totals.dropped += st.dropped;
-        totals.protocol_errors += st.protocol_errors;
-        totals.bytes_in += st.bytes_in;
-        totals.bytes_out += st.bytes_out;
+        totals += st;
         if interrupted {
             break;
         }

@@ -9,7 +9,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
-use std::ops::ControlFlow;
+use std::ops::{AddAssign, ControlFlow};
 use std::os::fd::AsRawFd;
 
 use nix::errno::Errno;
@@ -89,6 +89,33 @@ impl ConnStats {
     /// Connections that never opened.
     pub fn failed(&self) -> u64 {
         self.connect_failed + self.handshake_failed + self.timed_out
+    }
+
+    /// The error line for a run where some of `wanted` connections failed.
+    pub fn failure_summary(&self, wanted: usize) -> String {
+        format!(
+            "{} of {} connections failed (connect {}, upgrade {}, timeout {})",
+            self.failed(),
+            wanted,
+            self.connect_failed,
+            self.handshake_failed,
+            self.timed_out
+        )
+    }
+}
+
+/// Sums counters field by field (totals over runs or worker processes).
+impl AddAssign for ConnStats {
+    fn add_assign(&mut self, other: Self) {
+        self.started += other.started;
+        self.opened += other.opened;
+        self.connect_failed += other.connect_failed;
+        self.handshake_failed += other.handshake_failed;
+        self.timed_out += other.timed_out;
+        self.dropped += other.dropped;
+        self.protocol_errors += other.protocol_errors;
+        self.bytes_out += other.bytes_out;
+        self.bytes_in += other.bytes_in;
     }
 }
 

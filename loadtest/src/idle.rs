@@ -218,14 +218,7 @@ pub fn run(args: &IdleArgs, common: &Common) -> Result<RunResult, String> {
     result.connections = stats;
     result.checks.unexpected = unexpected;
     if stats.failed() > 0 {
-        result.errors.push(format!(
-            "{} of {} connections failed (connect {}, upgrade {}, timeout {})",
-            stats.failed(),
-            args.connections,
-            stats.connect_failed,
-            stats.handshake_failed,
-            stats.timed_out
-        ));
+        result.errors.push(stats.failure_summary(args.connections));
     }
     if stats.dropped > 0 {
         result.errors.push(format!(
@@ -317,15 +310,7 @@ fn multi_process(
         else {
             return Err(format!("worker {i} did not report"));
         };
-        total.started += s.started;
-        total.opened += s.opened;
-        total.connect_failed += s.connect_failed;
-        total.handshake_failed += s.handshake_failed;
-        total.timed_out += s.timed_out;
-        total.dropped += s.dropped;
-        total.protocol_errors += s.protocol_errors;
-        total.bytes_in += s.bytes_in;
-        total.bytes_out += s.bytes_out;
+        total += *s;
         unexpected += u;
         cpu_hold += cpu_ns - ready[i].map_or(0, |r| r.1);
     }

@@ -339,14 +339,7 @@ pub fn run_load(spec: LoadSpec<'_>, load: &mut impl Load) -> Result<RunResult, S
     .map_err(io)?;
     let st = engine.stats();
     if st.failed() > 0 {
-        result.errors.push(format!(
-            "{} of {} connections failed (connect {}, upgrade {}, timeout {})",
-            st.failed(),
-            spec.connections,
-            st.connect_failed,
-            st.handshake_failed,
-            st.timed_out
-        ));
+        result.errors.push(st.failure_summary(spec.connections));
     }
     if engine.open() == 0 && !interrupted {
         result.errors.push("no connection could be opened".into());

@@ -136,6 +136,16 @@ impl<M: Send + 'static> Core<M> {
             .map(|e| Conn { idx, gen: e.gen })
     }
 
+    /// Slots of every handler-visible connection, collected so the caller
+    /// may close them while iterating.
+    pub fn visible_idxs(&self) -> Vec<u32> {
+        self.conns
+            .iter()
+            .filter(|(_, e)| e.visible())
+            .map(|(i, _)| i as u32)
+            .collect()
+    }
+
     /// Handler-visible entry for `c`.
     pub fn get(&self, c: Conn) -> Option<&Entry> {
         self.conns

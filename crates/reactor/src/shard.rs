@@ -232,14 +232,7 @@ impl<H: Handler> Shard<H> {
     }
 
     fn abort_all<D: Driver>(&mut self, drv: &mut D) {
-        let idxs: Vec<u32> = self
-            .core
-            .conns
-            .iter()
-            .filter(|(_, e)| e.visible())
-            .map(|(i, _)| i as u32)
-            .collect();
-        for idx in idxs {
+        for idx in self.core.visible_idxs() {
             if let Some(c) = self.core.conn_of(idx) {
                 self.core.abort(c, CloseReason::Shutdown);
             }

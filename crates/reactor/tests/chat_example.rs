@@ -20,6 +20,18 @@ fn chat_binary() -> std::path::PathBuf {
     p
 }
 
+/// The text between the first `[` and the next `]` (addresses in the
+/// banner, client ids in the welcome line).
+fn bracketed(s: &str) -> String {
+    s.split('[')
+        .nth(1)
+        .unwrap()
+        .split(']')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
 struct Client {
     id: String,
     w: TcpStream,
@@ -55,14 +67,7 @@ fn chat(backend: &str) {
         banner.contains(&format!("on {}", backend.replace('-', "_"))),
         "{banner}"
     );
-    let addr = banner
-        .split('[')
-        .nth(1)
-        .unwrap()
-        .split(']')
-        .next()
-        .unwrap()
-        .to_string();
+    let addr = bracketed(&banner);
 
     // Connect until both shards have clients (SO_REUSEPORT hashing decides).
     let mut clients: Vec<Client> = Vec::new();
@@ -79,14 +84,7 @@ fn chat(backend: &str) {
             r: BufReader::new(s),
         };
         let welcome = c.line();
-        c.id = welcome
-            .split('[')
-            .nth(1)
-            .unwrap()
-            .split(']')
-            .next()
-            .unwrap()
-            .to_string();
+        c.id = bracketed(&welcome);
         clients.push(c);
     }
     let n = clients.len();

@@ -4,16 +4,12 @@
 mod common;
 use common::*;
 use std::io::{Read, Write};
-use std::sync::Arc;
 
 const CONNS: usize = 1000;
 const THREADS: usize = 8;
 
 fn echo_1000(backend: ringcast_reactor::BackendChoice) {
-    let ev = Arc::new(Events::default());
-    let ev2 = ev.clone();
-    let r =
-        ringcast_reactor::start(cfg(backend, 2), move |_| Echo::new(ev2.clone())).expect("start");
+    let (r, ev) = start_echo(cfg(backend, 2));
     let addr = r.local_addrs()[0];
     let per_conn: usize = if cfg!(debug_assertions) {
         48 * 1024
@@ -87,12 +83,7 @@ fn echo_1000(backend: ringcast_reactor::BackendChoice) {
     assert_eq!(done, CONNS);
     wait_until("all closed", || ev.closed() == CONNS);
     wait_table_empty(&r.handle());
-    assert!(ev
-        .reasons
-        .lock()
-        .unwrap()
-        .iter()
-        .all(|r| *r == ringcast_reactor::CloseReason::PeerEof));
+    assert_all_closed_by(&ev, ringcast_reactor::CloseReason::PeerEof);
     stop_and_join(r, &ev);
 }
 both_backends!(echo_1000);

@@ -158,12 +158,7 @@ fn slow_reader(backend: BackendChoice) {
     // (the send buffer autotunes), so they are counted, not asserted. The
     // short-write arithmetic itself is unit-tested (outq).
     eprintln!("{backend}: partial writes {partial}");
-    assert!(ev
-        .reasons
-        .lock()
-        .unwrap()
-        .iter()
-        .all(|r| *r == CloseReason::Local));
+    assert_all_closed_by(&ev, CloseReason::Local);
     assert_backend(backend, &ev);
     stop_and_join(r, &ev);
 }
@@ -200,11 +195,7 @@ fn reset_mid_send(backend: BackendChoice) {
     }
     wait_until("all closed", || ev.closed() == n);
     wait_table_empty(&r.handle());
-    let reasons = ev.reasons.lock().unwrap().clone();
-    assert!(
-        reasons.iter().all(|r| *r == CloseReason::Reset),
-        "{reasons:?}"
-    );
+    assert_all_closed_by(&ev, CloseReason::Reset);
     stop_and_join(r, &ev);
 }
 both_backends!(reset_mid_send);
@@ -212,9 +203,7 @@ both_backends!(reset_mid_send);
 /// Half-close by the peer: data sent before the FIN is all echoed, then the
 /// server closes (default on_eof) and the client sees EOF.
 fn half_close_by_peer(backend: BackendChoice) {
-    let ev = Arc::new(Events::default());
-    let e2 = ev.clone();
-    let r = start(cfg(backend, 2), move |_| Echo::new(e2.clone())).unwrap();
+    let (r, ev) = start_echo(cfg(backend, 2));
     let addr = r.local_addrs()[0];
     let clients: Vec<_> = (0..20u64)
         .map(|c| {
@@ -243,12 +232,7 @@ fn half_close_by_peer(backend: BackendChoice) {
     }
     wait_until("closed", || ev.closed() == 20);
     wait_table_empty(&r.handle());
-    assert!(ev
-        .reasons
-        .lock()
-        .unwrap()
-        .iter()
-        .all(|r| *r == CloseReason::PeerEof));
+    assert_all_closed_by(&ev, CloseReason::PeerEof);
     assert_backend(backend, &ev);
     stop_and_join(r, &ev);
 }
@@ -398,14 +382,12 @@ both_backends!(close_with_ops_in_flight);
 /// lost or reordered. (On epoll the same config just means a 1 KiB scratch
 /// buffer.)
 fn buffer_ring_exhaustion(backend: BackendChoice) {
-    let ev = Arc::new(Events::default());
-    let e2 = ev.clone();
     let c = Config {
         buf_count: 4,
         buf_size: 1024,
         ..cfg(backend, 1)
     };
-    let r = start(c, move |_| Echo::new(e2.clone())).unwrap();
+    let (r, ev) = start_echo(c);
     let addr = r.local_addrs()[0];
     let conns = 200usize;
     let per = 64 * 1024;
@@ -448,11 +430,10 @@ fn buffer_ring_exhaustion(backend: BackendChoice) {
 }
 both_backends!(buffer_ring_exhaustion);
 
-/// Stop while large sends are queued and in flight: on_shutdown queues a
-/// final frame and closes; clients reading afterwards get every byte, the
-/// final frame, then EOF; join succeeds.
-fn shutdown_with_sends_in_flight(backend: BackendChoice) {
-    let total = 2 * 1024 * 1024;
+/// Two shards streaming `total` bytes per connection into a 64 MiB write
+/// queue: never pauses, never closes by itself; on_shutdown queues "BYE" and
+/// closes.
+fn start_bye_streamer(backend: BackendChoice, total: usize) -> (Running<()>, Arc<Events>) {
     let ev = Arc::new(Events::default());
     let e2 = ev.clone();
     let c = Config {
@@ -467,6 +448,15 @@ fn shutdown_with_sends_in_flight(backend: BackendChoice) {
         s
     })
     .unwrap();
+    (r, ev)
+}
+
+/// Stop while large sends are queued and in flight: on_shutdown queues a
+/// final frame and closes; clients reading afterwards get every byte, the
+/// final frame, then EOF; join succeeds.
+fn shutdown_with_sends_in_flight(backend: BackendChoice) {
+    let total = 2 * 1024 * 1024;
+    let (r, ev) = start_bye_streamer(backend, total);
     let addr = r.local_addrs()[0];
     let mut socks: Vec<_> = (0..10).map(|_| connect_small_rcvbuf(addr, 8192)).collect();
     for s in socks.iter_mut() {
@@ -496,43 +486,21 @@ fn shutdown_with_sends_in_flight(backend: BackendChoice) {
     }
     r.join().expect("join");
     assert_eq!(ev.closed(), 10);
-    assert!(ev
-        .reasons
-        .lock()
-        .unwrap()
-        .iter()
-        .all(|r| *r == CloseReason::Local));
+    assert_all_closed_by(&ev, CloseReason::Local);
 }
 both_backends!(shutdown_with_sends_in_flight);
 
 /// Stop with peers that never read: the drain deadline passes, the rest is
 /// closed with CloseReason::Shutdown, and every shard exits.
 fn drain_deadline(backend: BackendChoice) {
-    let ev = Arc::new(Events::default());
-    let e2 = ev.clone();
-    let c = Config {
-        max_write_queue: 64 * 1024 * 1024,
-        ..cfg(backend, 2)
-    };
-    let r = start(c, move |_| {
-        let mut s = Streamer::new(e2.clone(), 8 * 1024 * 1024);
-        s.close_at_end = false;
-        s.bye = Some(Bytes::from_static(b"BYE"));
-        s.pause_at = usize::MAX;
-        s
-    })
-    .unwrap();
+    let (r, ev) = start_bye_streamer(backend, 8 * 1024 * 1024);
     let addr = r.local_addrs()[0];
     let socks: Vec<_> = (0..6).map(|_| connect_small_rcvbuf(addr, 4096)).collect();
     wait_until("all opened", || ev.opened() == 6);
     r.handle().stop(Duration::from_millis(300));
     r.join().expect("join");
     assert_eq!(ev.closed(), 6);
-    let reasons = ev.reasons.lock().unwrap().clone();
-    assert!(
-        reasons.iter().all(|r| *r == CloseReason::Shutdown),
-        "{reasons:?}"
-    );
+    assert_all_closed_by(&ev, CloseReason::Shutdown);
     drop(socks);
 }
 both_backends!(drain_deadline);

@@ -14,9 +14,7 @@ use std::time::{Duration, Instant};
 /// `auto` picks a backend, reports it, and it is the one connections use.
 #[test]
 fn auto_picks_and_reports_backend() {
-    let ev = Arc::new(Events::default());
-    let e2 = ev.clone();
-    let r = start(cfg(BackendChoice::Auto, 2), move |_| Echo::new(e2.clone())).unwrap();
+    let (r, ev) = start_echo(cfg(BackendChoice::Auto, 2));
     let expected = if io_uring_support().is_ok() {
         Backend::IoUring
     } else {
@@ -65,9 +63,7 @@ both_backends!(addr_in_use);
 
 /// A port-0 start gives every shard the same real port.
 fn port_zero_shared_port(backend: BackendChoice) {
-    let ev = Arc::new(Events::default());
-    let e2 = ev.clone();
-    let r = start(cfg(backend, 3), move |_| Echo::new(e2.clone())).unwrap();
+    let (r, ev) = start_echo(cfg(backend, 3));
     let addrs = r.local_addrs();
     assert_eq!(addrs.len(), 1);
     assert_ne!(addrs[0].port(), 0);
@@ -91,9 +87,7 @@ fn inherited_listener(backend: BackendChoice) {
         inherited: vec![OwnedFd::from(l)],
         ..cfg(backend, 2)
     };
-    let ev = Arc::new(Events::default());
-    let e2 = ev.clone();
-    let r = start(c, move |_| Echo::new(e2.clone())).unwrap();
+    let (r, ev) = start_echo(c);
     assert_eq!(r.local_addrs(), vec![addr]);
     let workers: Vec<_> = (0..4u64)
         .map(|t| {

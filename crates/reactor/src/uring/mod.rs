@@ -592,6 +592,16 @@ impl UringDriver {
         }
     }
 
+    /// Queue one ASYNC_CANCEL matching every operation in flight.
+    fn cancel_everything(&mut self) {
+        let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+            .build()
+            .user_data(encode(Kind::CancelOther, u32::MAX, 0));
+        self.inflight += 1;
+        // SAFETY: a cancel request carries no user memory.
+        unsafe { self.push(sqe) };
+    }
+
     /// Cancel everything and reap until nothing is in flight (Drop path: no
     /// shard available, so only the accounting is done). True if quiescent.
     fn quiesce_raw(&mut self, patience: Duration) -> bool {
@@ -599,12 +609,7 @@ impl UringDriver {
         if self.inflight == 0 {
             return true;
         }
-        let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::any())
-            .build()
-            .user_data(encode(Kind::CancelOther, u32::MAX, 0));
-        self.inflight += 1;
-        // SAFETY: a cancel request carries no user memory.
-        unsafe { self.push(sqe) };
+        self.cancel_everything();
         let deadline = Instant::now() + patience;
         while self.inflight > 0 && Instant::now() < deadline {
             if self.enter(Some(Duration::from_millis(100))).is_err() {
@@ -742,25 +747,13 @@ impl Driver for UringDriver {
             self.stop_accepting();
         }
         // The loop exits with no visible connection; close any stragglers.
-        let open: Vec<u32> = sh
-            .core
-            .conns
-            .iter()
-            .filter(|(_, e)| e.visible())
-            .map(|(i, _)| i as u32)
-            .collect();
-        for idx in open {
+        for idx in sh.core.visible_idxs() {
             sh.core.request_close(idx, CloseReason::Shutdown);
             self.close(sh, idx);
         }
         self.finishing = true;
         if self.inflight > 0 {
-            let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::any())
-                .build()
-                .user_data(encode(Kind::CancelOther, u32::MAX, 0));
-            self.inflight += 1;
-            // SAFETY: a cancel request carries no user memory.
-            unsafe { self.push(sqe) };
+            self.cancel_everything();
         }
         let deadline = Instant::now() + QUIESCE_PATIENCE;
         while self.inflight > 0 && Instant::now() < deadline {

@@ -157,6 +157,24 @@ impl Handler for Echo {
     }
 }
 
+/// Start the test [`Echo`] handler with `c`; returns the server and the
+/// events its shards record.
+pub fn start_echo(c: Config) -> (Running<()>, Arc<Events>) {
+    let ev = Arc::new(Events::default());
+    let e2 = ev.clone();
+    let r = start(c, move |_| Echo::new(e2.clone())).expect("start");
+    (r, ev)
+}
+
+/// Assert every close recorded so far had reason `want`.
+pub fn assert_all_closed_by(ev: &Events, want: CloseReason) {
+    let reasons = ev.reasons.lock().unwrap();
+    assert!(
+        reasons.iter().all(|r| *r == want),
+        "want all {want:?}: {reasons:?}"
+    );
+}
+
 /// Stop, join, and check every on_open got its on_close.
 pub fn stop_and_join<M: Send + 'static>(r: Running<M>, ev: &Events) {
     r.handle().stop(Duration::from_secs(30));
