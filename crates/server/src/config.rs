@@ -717,6 +717,15 @@ mod tests {
         assert!(Settings::parse_from(["ringcast", "--shards"]).is_err());
     }
 
+    /// dist/ringcast.toml says its values are the defaults: keep it so (it
+    /// once said `pin = true` after the default became false).
+    #[test]
+    fn example_config_states_the_defaults() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../dist/ringcast.toml");
+        let file = Settings::parse_from(["ringcast", "--config", path]).unwrap();
+        assert_eq!(format!("{file:?}"), format!("{:?}", Settings::defaults()));
+    }
+
     #[test]
     fn defaults_are_sane() {
         let s = Settings::defaults();
