@@ -485,10 +485,7 @@ impl Worker {
             if self.live.is_some() {
                 tokio::select! {
                     n = rx.recv_many(&mut buf, max) => {
-                        if n == 0 {
-                            return self.abandon();
-                        }
-                        if self.process(&mut buf).await == Flow::Stop {
+                        if self.serve(n, &mut buf).await == Flow::Stop {
                             return self.refuse_rest(&mut rx);
                         }
                     }
@@ -505,10 +502,7 @@ impl Worker {
             } else {
                 tokio::select! {
                     n = rx.recv_many(&mut buf, max) => {
-                        if n == 0 {
-                            return self.abandon();
-                        }
-                        if self.process(&mut buf).await == Flow::Stop {
+                        if self.serve(n, &mut buf).await == Flow::Stop {
                             return self.refuse_rest(&mut rx);
                         }
                     }
@@ -530,9 +524,14 @@ impl Worker {
         }
     }
 
-    /// Every handle was dropped without `shutdown`: stop like a crashed node would.
-    fn abandon(&mut self) {
-        debug!("backplane: all handles dropped; stopping without cleanup");
+    /// Serves `n` requests just received into `buf`. `n == 0` means every
+    /// handle was dropped without `shutdown`: stop like a crashed node would.
+    async fn serve(&mut self, n: usize, buf: &mut Vec<Cmd>) -> Flow {
+        if n == 0 {
+            debug!("backplane: all handles dropped; stopping without cleanup");
+            return Flow::Stop;
+        }
+        self.process(buf).await
     }
 
     /// One reconnect attempt; requests keep being served (failing fast) meanwhile.
@@ -547,11 +546,7 @@ impl Worker {
             tokio::select! {
                 r = &mut fut => break r,
                 n = rx.recv_many(buf, self.cfg.max_batch) => {
-                    if n == 0 {
-                        self.abandon();
-                        return Flow::Stop;
-                    }
-                    if self.process(buf).await == Flow::Stop {
+                    if self.serve(n, buf).await == Flow::Stop {
                         return Flow::Stop;
                     }
                 }
