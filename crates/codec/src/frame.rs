@@ -23,7 +23,7 @@
 
 use std::ops::Range;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::close::{codes, is_valid_wire_code};
 use crate::mask;
@@ -213,12 +213,29 @@ fn header_bytes(fin: bool, opcode: OpCode, payload_len: usize) -> Bytes {
 /// One unmasked (server-role) frame with FIN set, header and payload in one
 /// [`Bytes`]: what a broadcast encodes once and shares between connections.
 pub fn server_frame(opcode: OpCode, payload: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(server_frame_len(payload.len()));
+    server_frame_into(&mut out, opcode, payload);
+    Bytes::from(out)
+}
+
+/// Encoded size of a server-role frame carrying `payload_len` bytes.
+pub fn server_frame_len(payload_len: usize) -> usize {
+    let header = match payload_len {
+        0..=125 => 2,
+        126..=65535 => 4,
+        _ => 10,
+    };
+    header + payload_len
+}
+
+/// Appends the frame [`server_frame`] builds to `out`, for callers that
+/// bring their own (recycled) buffer.
+pub fn server_frame_into(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
     let mut h = [0u8; MAX_HEADER_LEN];
     let n = encode_header(&mut h, true, opcode, payload.len() as u64, None);
-    let mut b = BytesMut::with_capacity(n + payload.len());
-    b.put_slice(&h[..n]);
-    b.put_slice(payload);
-    b.freeze()
+    out.reserve(n + payload.len());
+    out.extend_from_slice(&h[..n]);
+    out.extend_from_slice(payload);
 }
 
 /// The header of an unmasked frame with FIN set, alone, so it and an

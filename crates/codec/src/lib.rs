@@ -25,14 +25,15 @@ pub mod utf8;
 pub use close::{codes, is_valid_wire_code, CloseAction, CloseFrame, CloseState};
 pub use frame::{
     close_frame, encode_client_frame, encode_header, fragments, pong_frame, server_frame,
-    server_header, FrameHeader, MaskGen, OpCode, MAX_HEADER_LEN,
+    server_frame_into, server_frame_len, server_header, FrameHeader, MaskGen, OpCode,
+    MAX_HEADER_LEN,
 };
 pub use handshake::{
     accept_key, error_response, http_response, response_101, ClientHandshake, HandshakeError,
     Request, RequestParser, MAX_HEADER_BYTES_DEFAULT,
 };
 pub use mask::unmask;
-pub use message::{Decoder, DecoderConfig, Message, ProtocolError};
+pub use message::{BufferPool, Decoder, DecoderConfig, Message, NoPool, ProtocolError};
 pub use utf8::Utf8Stream;
 
 /// Which end of the connection this codec speaks for.

@@ -115,9 +115,36 @@ enum State {
     Failed(ProtocolError),
 }
 
+/// Where a [`Decoder`] gets its message-assembly buffers and where it returns
+/// them once the message is out.
+///
+/// A server decoding many connections on one thread can recycle these
+/// buffers between connections instead of allocating one per cut message:
+/// a 16 KiB message that straddles two reads would otherwise cost a fresh
+/// 16 KiB allocation and a free every time, and the allocator may hand
+/// freed pages back to the kernel and fault them in again on the next one.
+pub trait BufferPool {
+    /// An empty buffer with at least `min_capacity` bytes of capacity.
+    fn take(&mut self, min_capacity: usize) -> Vec<u8>;
+    /// A buffer the decoder no longer needs (its contents are stale).
+    fn give(&mut self, buf: Vec<u8>);
+}
+
+/// The default pool: plain allocation, nothing kept.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoPool;
+
+impl BufferPool for NoPool {
+    fn take(&mut self, min_capacity: usize) -> Vec<u8> {
+        Vec::with_capacity(min_capacity)
+    }
+    fn give(&mut self, _buf: Vec<u8>) {}
+}
+
 /// Incremental frame parser and message assembler for one connection.
 #[derive(Debug, Clone)]
-pub struct Decoder {
+pub struct Decoder<P: BufferPool = NoPool> {
+    pool: P,
     cfg: DecoderConfig,
     state: State,
     /// Header bytes cut off at the end of the previous chunk.
@@ -139,7 +166,15 @@ pub struct Decoder {
 impl Decoder {
     /// A decoder at the start of a connection's frame stream.
     pub fn new(cfg: DecoderConfig) -> Self {
+        Decoder::with_pool(cfg, NoPool)
+    }
+}
+
+impl<P: BufferPool> Decoder<P> {
+    /// A decoder that takes its assembly buffers from `pool`.
+    pub fn with_pool(cfg: DecoderConfig, pool: P) -> Self {
         Decoder {
+            pool,
             cfg,
             state: State::Open,
             hdr: [0; MAX_HEADER_LEN],
@@ -208,14 +243,22 @@ impl Decoder {
     /// idle connection holds no heap memory.
     pub fn shrink(&mut self) {
         if self.msg.is_empty() {
-            self.msg = Vec::new();
+            self.recycle();
         } else {
             self.msg.shrink_to_fit();
         }
     }
 
+    /// Hands the assembly buffer back to the pool.
+    fn recycle(&mut self) {
+        let buf = std::mem::take(&mut self.msg);
+        if buf.capacity() > 0 {
+            self.pool.give(buf);
+        }
+    }
+
     fn release(&mut self) {
-        self.msg = Vec::new();
+        self.recycle();
         self.msg_op = None;
         self.frame = None;
         self.hdr_len = 0;
@@ -412,9 +455,9 @@ impl Decoder {
                     }
                     _ => sink(Message::Binary(&self.msg)),
                 };
-                // The message is out: free its buffer so idle connections
-                // hold no heap memory.
-                self.msg = Vec::new();
+                // The message is out: return its buffer so idle
+                // connections hold no heap memory.
+                self.recycle();
                 flow
             } else {
                 ControlFlow::Continue(())
@@ -426,10 +469,11 @@ impl Decoder {
         }
     }
 
-    /// Appends to the message buffer. It grows geometrically with the bytes
-    /// actually received (a large declared length reserves nothing up
-    /// front), up to the message's end when this is its last frame, and
-    /// never past the message limit.
+    /// Appends to the message buffer. It grows with the bytes actually
+    /// received, to twice what is needed now (a large declared length
+    /// reserves nothing up front), up to the message's end when this is its
+    /// last frame, and never past the message limit. So a message cut into
+    /// two reads usually needs one buffer, not a chain of reallocations.
     fn append(&mut self, piece: &[u8], f: &Partial) {
         let need = self.msg.len() + piece.len();
         if need > self.msg.capacity() {
@@ -438,8 +482,13 @@ impl Decoder {
             } else {
                 self.cfg.max_message_size
             };
-            let target = (self.msg.capacity() * 2).max(64).min(bound).max(need);
-            self.msg.reserve_exact(target - self.msg.len());
+            let target = need.saturating_mul(2).max(64).min(bound).max(need);
+            let mut grown = self.pool.take(target);
+            grown.extend_from_slice(&self.msg);
+            let old = std::mem::replace(&mut self.msg, grown);
+            if old.capacity() > 0 {
+                self.pool.give(old);
+            }
         }
         self.msg.extend_from_slice(piece);
     }

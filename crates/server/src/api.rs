@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ringcast_codec::{server_frame, OpCode};
+use ringcast_codec::OpCode;
 
 use crate::config::Settings;
 use crate::id::ConnId;
@@ -57,12 +57,12 @@ pub struct Frame(pub(crate) Bytes);
 impl Frame {
     /// A text frame.
     pub fn text(s: &str) -> Frame {
-        Frame(server_frame(OpCode::Text, s.as_bytes()))
+        Frame(crate::bufpool::frame(OpCode::Text, s.as_bytes()))
     }
 
     /// A binary frame.
     pub fn binary(b: &[u8]) -> Frame {
-        Frame(server_frame(OpCode::Binary, b))
+        Frame(crate::bufpool::frame(OpCode::Binary, b))
     }
 
     /// Encoded size in bytes (header and payload).

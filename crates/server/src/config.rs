@@ -475,6 +475,8 @@ settings! {
     backlog: u32 = 4096, parse_u32, "N";
     /// Receive buffer size per read (bounds the work done for one client per event) [default: 16KiB].
     buf_size: u32 = 16 * 1024, parse_buf_size, "SIZE";
+    /// Bytes of large (4 KiB to 2 MiB) message and frame buffers each shard keeps for reuse; 0 = none [default: 8MiB].
+    buffer_pool: usize = 8 << 20, parse_size, "SIZE";
     /// io_uring provided receive buffers per shard [default: 4096].
     buf_count: u16 = 4096, parse_buf_count, "N";
     /// io_uring submission queue entries per shard [default: 4096].

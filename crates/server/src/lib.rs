@@ -21,6 +21,7 @@
 
 mod api;
 pub mod backplane;
+mod bufpool;
 mod chat;
 pub mod cli;
 mod cluster;

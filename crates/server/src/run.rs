@@ -13,7 +13,7 @@ use crate::api::{Running, Server, ServerHandle};
 use crate::config::{nofile_limit, Settings};
 use crate::limits::{Gauges, PerIp};
 use crate::metrics::{Metrics, ShardMetrics};
-use crate::shard::{Core, Mail, Shard, Shared};
+use crate::shard::{Core, Shard, Shared};
 use crate::systemd::{self, Notifier};
 
 /// How often systemd's `STATUS=` line is refreshed.
@@ -165,11 +165,6 @@ pub(crate) fn start<D: Default + 'static>(server: Server<D>) -> io::Result<Runni
     let rhandle = reactor.handle();
     if let Some(link) = &shared.cluster {
         link.connect(rhandle.clone());
-    }
-    for shard in 0..shards {
-        // Arms each shard's sweep timer (heartbeat, pings, timeouts) even
-        // before its first connection.
-        let _ = rhandle.mail(shard, Mail::Start);
     }
     let addrs: Vec<String> = reactor
         .local_addrs()

@@ -13,6 +13,7 @@
 //! Everything here runs on the shard's own thread; other shards are reached
 //! only through [`Mail`].
 
+use crate::bufpool::ShardPool;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, SocketAddr};
@@ -41,8 +42,6 @@ use crate::systemd::Notifier;
 /// Messages between shards (and from [`crate::ServerHandle`]).
 #[derive(Debug)]
 pub(crate) enum Mail {
-    /// Sent once to every shard after start: arm the periodic sweep.
-    Start,
     Push {
         to: ConnId,
         frame: Frame,
@@ -172,7 +171,7 @@ pub(crate) struct Connection<D> {
     parser: Option<Box<RequestParser>>,
     /// Any request bytes arrived (a silent socket is closed at once on drain).
     got_bytes: bool,
-    decoder: Option<Decoder>,
+    decoder: Option<Decoder<ShardPool>>,
     close: CloseState,
     /// The close code and reason we sent / the peer sent.
     sent_close: Option<(u16, Box<str>)>,
@@ -519,7 +518,6 @@ impl<D: Default + 'static> Core<D> {
 
     pub(crate) fn on_mail(&mut self, io: &mut dyn Io, m: Mail) {
         match m {
-            Mail::Start => self.arm_sweep(io),
             Mail::Push { to, frame } => {
                 self.push_local(io, to, &frame);
             }
@@ -921,11 +919,14 @@ impl<D: Default + 'static> Core<D> {
         io.send(c.conn, response_101(&key, None).into());
         c.phase = Phase::Open;
         c.deadline = None;
-        c.decoder = Some(Decoder::new(DecoderConfig {
-            role: Role::Server,
-            max_message_size: s.max_message_size,
-            allow_rsv1: false,
-        }));
+        c.decoder = Some(Decoder::with_pool(
+            DecoderConfig {
+                role: Role::Server,
+                max_message_size: s.max_message_size,
+                allow_rsv1: false,
+            },
+            ShardPool,
+        ));
         c.data = Some(D::default());
         c.last_seen = now;
         c.next_ping = now + s.ping_interval;
@@ -1225,6 +1226,13 @@ type RCtx<'a> = ringcast_reactor::Ctx<'a, Mail>;
 
 impl<D: Default + 'static> ringcast_reactor::Handler for Shard<D> {
     type Mail = Mail;
+
+    fn on_start(&mut self, ctx: &mut RCtx<'_>) {
+        crate::bufpool::configure(self.core.shared.settings.buffer_pool);
+        // The sweep (heartbeat, pings, timeouts) runs even before the first
+        // connection.
+        self.core.arm_sweep(ctx);
+    }
 
     fn on_open(&mut self, ctx: &mut RCtx<'_>, conn: Conn, peer: SocketAddr) {
         self.core.accepted(ctx, conn, peer);
