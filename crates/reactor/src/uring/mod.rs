@@ -16,8 +16,9 @@
 //!   previous one has ended;
 //! * **sendmsg** with up to 64 iovecs from the output queue, at most one in
 //!   flight per connection; short writes put the rest back at the queue front;
-//! * **async cancel** (by fd, all matching) when a connection closes; its slot
-//!   and socket are kept until every operation that names it has completed;
+//! * **async cancel** (by user_data, one per armed recv or send) when a
+//!   connection closes; its slot and socket are kept until every operation
+//!   that names it has completed;
 //! * one 8-byte **read on the shard's eventfd**, the cross-shard wake-up.
 //!
 //! Memory safety rule: every buffer handed to the kernel (send `msghdr` +
@@ -699,16 +700,40 @@ impl Driver for UringDriver {
         if let Some(e) = sh.core.conns.get_mut(idx as usize) {
             if e.io.ops > 0 && e.io.flags & CANCELLED == 0 {
                 e.io.flags |= CANCELLED;
-                e.io.ops += 1;
-                let sqe = opcode::AsyncCancel2::new(
-                    types::CancelBuilder::fd(types::Fd(e.raw_fd())).all(),
-                )
-                .build()
-                .user_data(encode(Kind::Cancel, idx, e.gen));
-                self.inflight += 1;
-                // SAFETY: a cancel request carries no user memory. (The fd it
-                // names stays open until the slot is freed in `maybe_free`.)
-                unsafe { self.push(sqe) };
+                // Cancel by user_data, one request per operation: the kernel
+                // finds those through its cancel hash, whereas a cancel by fd
+                // walks every armed request of the ring, which made closing
+                // 10,000 connections quadratic (~60 µs per close).
+                let mut targets = [None, None];
+                if e.io.flags & RECV_ARMED != 0 {
+                    targets[0] = Some(types::CancelBuilder::user_data(encode(
+                        Kind::Recv,
+                        idx,
+                        e.gen,
+                    )));
+                }
+                if e.io.send_slot.is_some() {
+                    targets[1] = Some(types::CancelBuilder::user_data(encode(
+                        Kind::Send,
+                        idx,
+                        e.gen,
+                    )));
+                }
+                if targets.iter().all(Option::is_none) {
+                    // An operation we do not track by kind: fall back to the fd.
+                    targets[0] = Some(types::CancelBuilder::fd(types::Fd(e.raw_fd())));
+                }
+                for target in targets.into_iter().flatten() {
+                    e.io.ops += 1;
+                    let sqe = opcode::AsyncCancel2::new(target.all())
+                        .build()
+                        .user_data(encode(Kind::Cancel, idx, e.gen));
+                    self.inflight += 1;
+                    // SAFETY: a cancel request carries no user memory. (The fd
+                    // it may name stays open until the slot is freed in
+                    // `maybe_free`.)
+                    unsafe { self.push(sqe) };
+                }
             }
         }
         sh.closed(idx);
