@@ -6,14 +6,22 @@
 //! pointer the kernel was given stays valid for as long as the kernel may use
 //! it, even if the connection is aborted meanwhile (abort clears the
 //! connection's queue, but the buffers lent here are separate clones-by-move).
+//!
+//! The iovec and buffer arrays grow to what a send carries (at most
+//! `MAX_IOV`) and are trimmed back to `KEEP_IOV` when the op is recycled, so
+//! a pooled op is a few hundred bytes: the driver can keep one per
+//! concurrently sending connection instead of allocating one per send.
 
 use crate::outq::MAX_IOV;
 use bytes::Bytes;
 
+/// Entries a recycled op keeps room for.
+const KEEP_IOV: usize = 16;
+
 pub(crate) struct SendOp {
     hdr: libc::msghdr,
-    iov: [libc::iovec; MAX_IOV],
-    /// Buffers referenced by `iov[..bufs.len()]`.
+    iov: Vec<libc::iovec>,
+    /// Buffers referenced by `iov`.
     pub bufs: Vec<Bytes>,
 }
 
@@ -22,36 +30,36 @@ impl SendOp {
         Box::new(SendOp {
             // SAFETY: msghdr is a plain C struct for which all-zero is a valid value.
             hdr: unsafe { std::mem::zeroed() },
-            iov: [libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            }; MAX_IOV],
-            bufs: Vec::with_capacity(MAX_IOV),
+            iov: Vec::new(),
+            bufs: Vec::new(),
         })
     }
 
     /// Point the header at `bufs` and return it for the SQE. The pointers stay
     /// valid while `self` (boxed) is neither moved out of its box, dropped,
-    /// nor has `bufs` modified — the driver guarantees all three until the CQE.
+    /// nor has `bufs` or `iov` modified — the driver guarantees all three
+    /// until the CQE.
     pub fn prepare(&mut self) -> *const libc::msghdr {
         debug_assert!(!self.bufs.is_empty() && self.bufs.len() <= MAX_IOV);
-        for (v, b) in self.iov.iter_mut().zip(self.bufs.iter()) {
-            v.iov_base = b.as_ptr() as *mut libc::c_void;
-            v.iov_len = b.len();
-        }
+        self.iov.clear();
+        self.iov.extend(self.bufs.iter().map(|b| libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        }));
         // SAFETY: as in `new`, all-zero is a valid msghdr.
         self.hdr = unsafe { std::mem::zeroed() };
         self.hdr.msg_iov = self.iov.as_mut_ptr();
-        self.hdr.msg_iovlen = self.bufs.len() as _;
+        self.hdr.msg_iovlen = self.iov.len() as _;
         &self.hdr
     }
 
     /// Make reusable (drops the buffers).
     pub fn reset(&mut self) {
         self.bufs.clear();
-        for v in self.iov.iter_mut() {
-            v.iov_base = std::ptr::null_mut();
-            v.iov_len = 0;
+        self.iov.clear();
+        if self.bufs.capacity() > KEEP_IOV {
+            self.bufs.shrink_to(KEEP_IOV);
+            self.iov.shrink_to(KEEP_IOV);
         }
     }
 }
