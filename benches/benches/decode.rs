@@ -63,6 +63,15 @@ fn decode(c: &mut Criterion) {
         b.iter(|| run(&mut dec, black_box(&mut text)))
     });
 
+    // A 16 KiB message cut by a 16 KiB read, as a 16 KiB receive buffer
+    // delivers it: unmasked in place, then copied into the message buffer.
+    let split = client_frame(true, OpCode::Binary, &ascii(16 * 1024), ASCII_SAFE_KEY);
+    let (mut head, mut tail) = (split[..16 * 1024].to_vec(), split[16 * 1024..].to_vec());
+    g.throughput(Throughput::Bytes(16 * 1024));
+    g.bench_function("binary_16KiB_split", |b| {
+        b.iter(|| run(&mut dec, black_box(&mut head)) + run(&mut dec, black_box(&mut tail)))
+    });
+
     let mut frag = Vec::new();
     for i in 0..4 {
         let op = if i == 0 {
