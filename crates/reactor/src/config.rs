@@ -111,7 +111,7 @@ pub struct Config {
     // ---- additions beyond the original contract ----
     /// Maximum connections per shard (table slots, including closed io_uring
     /// connections whose cancellation is still completing); further accepts
-    /// are closed at once. With io_uring, `buf_count + 3 * max_connections +
+    /// are closed at once. With io_uring, `buf_count + 4 * max_connections +
     /// backlog` must stay under 65,536 for the no-CQ-overflow guarantee.
     pub max_connections: usize,
     /// Capacity (messages) of each per-target local outbox used by `Ctx::mail`

@@ -130,7 +130,13 @@ impl EpollDriver {
         }
     }
 
-    fn read<H: Handler>(&mut self, sh: &mut Shard<H>, idx: u32) {
+    /// Reads until the socket is drained, EOF or the budget. `until_eagain`:
+    /// keep reading after a short read (the event reported a hang-up, so an
+    /// EOF may follow the data). Otherwise a read that did not fill the
+    /// buffer means the receive queue was emptied: data that arrives later
+    /// raises a new edge, so the `EAGAIN` read that would confirm it (one
+    /// syscall per event) is skipped.
+    fn read<H: Handler>(&mut self, sh: &mut Shard<H>, idx: u32, until_eagain: bool) {
         for _ in 0..READ_BUDGET {
             let Some(e) = sh.core.conns.get(idx as usize) else {
                 return;
@@ -144,7 +150,12 @@ impl EpollDriver {
                     sh.eof(idx);
                     return;
                 }
-                Ok(n) => sh.data(idx, &mut self.scratch[..n]),
+                Ok(n) => {
+                    sh.data(idx, &mut self.scratch[..n]);
+                    if n < self.scratch.len() && !until_eagain {
+                        return;
+                    }
+                }
                 Err(Errno::EAGAIN) => return,
                 Err(Errno::EINTR) => {}
                 Err(e) => {
@@ -220,13 +231,10 @@ impl EpollDriver {
                 self.write(sh, idx);
             }
         }
-        if ev.intersects(
-            EpollFlags::EPOLLIN
-                | EpollFlags::EPOLLRDHUP
-                | EpollFlags::EPOLLERR
-                | EpollFlags::EPOLLHUP,
-        ) {
-            self.read(sh, idx);
+        let hangup =
+            ev.intersects(EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLERR | EpollFlags::EPOLLHUP);
+        if hangup || ev.contains(EpollFlags::EPOLLIN) {
+            self.read(sh, idx, hangup);
         }
     }
 }
@@ -274,7 +282,9 @@ impl Driver for EpollDriver {
                 if let Some(e) = sh.core.conns.get_mut(idx as usize) {
                     if e.gen == gen && e.io.flags & READ_PENDING != 0 {
                         e.io.flags &= !READ_PENDING;
-                        self.read(sh, idx);
+                        // The event that started this may have reported a
+                        // hang-up: read to EAGAIN or EOF.
+                        self.read(sh, idx, true);
                     }
                 }
             }

@@ -116,11 +116,13 @@ impl UringDriver {
     pub fn new(listeners: Vec<Listener>, waker: RawFd, cfg: &ShardConfig) -> io::Result<Self> {
         let (cq, exact) = setup::cq_entries(cfg, listeners.len());
         if !exact {
-            tracing::warn!(
+            // Info, not a warning: any large max_connections gets here, and
+            // nothing is lost when it happens.
+            tracing::info!(
                 cq,
-                "buf_count + 3 x max_connections + backlog exceeds the kernel's CQ limit; \
-                 the CQ may overflow under extreme load (completions are kept by the kernel \
-                 and multishot requests re-armed, but throughput suffers)"
+                "buf_count + 4 x max_connections + backlog exceeds the kernel's CQ limit; \
+                 if every connection closes at once the CQ may overflow (the kernel keeps \
+                 the completions and multishot requests are re-armed, but throughput suffers)"
             );
         }
         let (ring, mode) = setup::build_ring(cfg.ring_entries, cq)

@@ -56,14 +56,14 @@ const MAX_CQ: u32 = 65536;
 /// Completions outstanding at once are bounded by what we have in flight:
 /// * recv data CQEs each hold a provided buffer until we process and
 ///   recycle it: at most `buf_count`;
-/// * per connection at most one terminal recv CQE, one send CQE and one
-///   cancel CQE (we keep at most one send in flight and cancel once): 3;
+/// * per connection at most one terminal recv CQE, one send CQE (at most
+///   one send in flight) and, when it closes, one cancel CQE for each: 4;
 /// * accepts: a multishot accept posts one CQE per queued connection, at
 ///   most `backlog` per listener between two drains;
 /// * a few more for the wake read and listener cancels.
 pub(crate) fn cq_entries(cfg: &ShardConfig, listeners: usize) -> (u32, bool) {
     let need = cfg.buf_count as u64
-        + 3 * cfg.max_connections as u64
+        + 4 * cfg.max_connections as u64
         + cfg.backlog as u64 * listeners.max(1) as u64
         + 64;
     let want = need.next_power_of_two().max(2 * cfg.ring_entries as u64);
