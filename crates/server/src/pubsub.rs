@@ -842,7 +842,7 @@ impl<D: Default + 'static> Core<D> {
         let (n, slow) = self
             .table
             .deliver_many(io, members.slots(), frame, &self.shared.settings);
-        self.count_sent(n, slow, frame);
+        self.count_sent(n, slow, frame.payload_len());
     }
 }
 

@@ -225,7 +225,7 @@ impl<D> Connection<D> {
 }
 
 /// What happened to one data frame offered to one connection.
-enum Delivery {
+pub(crate) enum Delivery {
     Sent,
     /// Over max-backpressure: dropped (drop policy) or closing (close policy).
     Slow,
@@ -301,7 +301,7 @@ impl<D> Table<D> {
     ) -> (u64, u64) {
         let (mut sent, mut slow) = (0, 0);
         for &slot in slots {
-            match self.deliver(io, slot, frame, s) {
+            match self.deliver(io, slot, frame.len(), || frame.0.clone(), s) {
                 Delivery::Sent => sent += 1,
                 Delivery::Slow => slow += 1,
                 Delivery::Gone => {}
@@ -310,13 +310,33 @@ impl<D> Table<D> {
         (sent, slow)
     }
 
+    /// [`deliver`](Self::deliver) of a frame nobody else needs: moved, not
+    /// cloned (cloning a `Bytes` built from a `Vec` allocates its shared
+    /// header, a malloc and a free per echoed message).
+    pub(crate) fn deliver_one(
+        &mut self,
+        io: &mut dyn Io,
+        slot: u32,
+        frame: Frame,
+        s: &Settings,
+    ) -> Delivery {
+        self.deliver(io, slot, frame.len(), move || frame.0, s)
+    }
+
     /// Queues a data frame for one client, applying the slow-consumer policy.
     ///
     /// The reactor writes after each step of its loop, so frames queued in
     /// this pass have not met the socket yet: a fast client can have a burst
     /// queued. Backpressure is what is left over from earlier passes (the
     /// socket refused it); a burst is allowed on top, up to a hard cap.
-    fn deliver(&mut self, io: &mut dyn Io, slot: u32, frame: &Frame, s: &Settings) -> Delivery {
+    fn deliver(
+        &mut self,
+        io: &mut dyn Io,
+        slot: u32,
+        len: usize,
+        frame: impl FnOnce() -> Bytes,
+        s: &Settings,
+    ) -> Delivery {
         let pass = self.pass;
         let Some(c) = self.get_mut(slot) else {
             return Delivery::Gone;
@@ -335,9 +355,7 @@ impl<D> Table<D> {
             .saturating_mul(4)
             .saturating_add(s.max_message_size);
         // An empty backlog always takes one message, however large.
-        if (backlog > 0 && backlog + frame.len() > s.max_backpressure)
-            || queued + frame.len() > hard_cap
-        {
+        if (backlog > 0 && backlog + len > s.max_backpressure) || queued + len > hard_cap {
             match s.slow_consumer {
                 SlowConsumer::Close => {
                     tracing::info!(conn = %c.id, queued, "slow consumer: closing with 1008");
@@ -362,8 +380,8 @@ impl<D> Table<D> {
             tracing::debug!(conn = %c.id, dropped = c.dropped, "slow consumer caught up");
             c.dropped = 0;
         }
-        if io.send(c.conn, frame.0.clone()) {
-            c.burst += frame.len();
+        if io.send(c.conn, frame()) {
+            c.burst += len;
             Delivery::Sent
         } else {
             Delivery::Gone
@@ -519,7 +537,7 @@ impl<D: Default + 'static> Core<D> {
     pub(crate) fn on_mail(&mut self, io: &mut dyn Io, m: Mail) {
         match m {
             Mail::Push { to, frame } => {
-                self.push_local(io, to, &frame);
+                self.push_local(io, to, frame);
             }
             Mail::Close { to, code, reason } => self.close_conn(io, to, code, &reason),
             Mail::Broadcast { frame } => self.deliver_all(io, &frame),
@@ -535,10 +553,9 @@ impl<D: Default + 'static> Core<D> {
 
     // ------------------------------------------------------- sending (API)
 
-    pub(crate) fn count_sent(&self, sent: u64, slow: u64, frame: &Frame) {
+    pub(crate) fn count_sent(&self, sent: u64, slow: u64, payload_len: usize) {
         if sent > 0 {
-            self.metrics
-                .messages_sent(sent, sent * frame.payload_len() as u64);
+            self.metrics.messages_sent(sent, sent * payload_len as u64);
         }
         for _ in 0..slow {
             self.metrics.slow_consumer();
@@ -569,21 +586,27 @@ impl<D: Default + 'static> Core<D> {
             self.mail(io, to.shard(), Mail::Push { to, frame });
             return Ok(());
         }
-        if self.push_local(io, to, &frame) {
+        if self.push_local(io, to, frame) {
             Ok(())
         } else {
             Err(PushError::Gone)
         }
     }
 
-    fn push_local(&mut self, io: &mut dyn Io, to: ConnId, frame: &Frame) -> bool {
+    fn push_local(&mut self, io: &mut dyn Io, to: ConnId, frame: Frame) -> bool {
         let Some(slot) = self.table.slot_of(to) else {
             return false;
         };
-        let (sent, slow) = self
+        let payload_len = frame.payload_len();
+        let d = self
             .table
-            .deliver_many(io, &[slot], frame, &self.shared.settings);
-        self.count_sent(sent, slow, frame);
+            .deliver_one(io, slot, frame, &self.shared.settings);
+        let (sent, slow) = match d {
+            Delivery::Sent => (1, 0),
+            Delivery::Slow => (0, 1),
+            Delivery::Gone => (0, 0),
+        };
+        self.count_sent(sent, slow, payload_len);
         sent > 0
     }
 
@@ -606,7 +629,7 @@ impl<D: Default + 'static> Core<D> {
         let (sent, slow) =
             self.table
                 .deliver_many(io, self.all.slots(), frame, &self.shared.settings);
-        self.count_sent(sent, slow, frame);
+        self.count_sent(sent, slow, frame.payload_len());
     }
 
     /// Starts closing `id` (any shard) with `code` (an invalid code becomes 1000).
