@@ -473,12 +473,12 @@ settings! {
     chat_max_rooms: usize = 16, parse_positive, "N";
     /// listen(2) backlog per listening socket [default: 4096].
     backlog: u32 = 4096, parse_u32, "N";
-    /// Receive buffer size per read (bounds the work done for one client per event) [default: 16KiB].
-    buf_size: u32 = 16 * 1024, parse_buf_size, "SIZE";
+    /// Receive buffer size per read (bounds the work done for one client per event) [default: 64KiB].
+    buf_size: u32 = 64 * 1024, parse_buf_size, "SIZE";
     /// Bytes of large (4 KiB to 2 MiB) message and frame buffers each shard keeps for reuse; 0 = none [default: 8MiB].
     buffer_pool: usize = 8 << 20, parse_size, "SIZE";
-    /// io_uring provided receive buffers per shard [default: 4096].
-    buf_count: u16 = 4096, parse_buf_count, "N";
+    /// io_uring provided receive buffers per shard, at most (the ring starts at 64 and grows when it runs dry) [default: 1024].
+    buf_count: u16 = 1024, parse_buf_count, "N";
     /// io_uring submission queue entries per shard [default: 4096].
     ring_entries: u32 = 4096, parse_u32, "N";
     /// Messages each shard's inbound mailbox holds before senders queue locally [default: 65536].
