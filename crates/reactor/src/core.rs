@@ -196,7 +196,9 @@ impl<M: Send + 'static> Core<M> {
         }
     }
 
-    pub fn send(&mut self, c: Conn, parts: &[Bytes]) -> bool {
+    /// Queues `parts` (moved in: cloning a `Bytes` made from a `Vec` would
+    /// allocate its shared header).
+    pub fn send(&mut self, c: Conn, parts: impl IntoIterator<Item = Bytes>) -> bool {
         let max = self.cfg.max_write_queue;
         let Some(e) = self.get_mut(c) else {
             return false;
@@ -205,7 +207,7 @@ impl<M: Send + 'static> Core<M> {
             return false;
         }
         for p in parts {
-            e.out.push(p.clone());
+            e.out.push(p);
         }
         let over = !e.has(st::OVER) && e.out.len() > max;
         if over {

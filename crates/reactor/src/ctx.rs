@@ -40,13 +40,13 @@ impl<'a, M: Send + 'static> Ctx<'a, M> {
     /// or shut down for writing. Queues past `max_write_queue`; crossing it is
     /// reported through `on_backpressure`.
     pub fn send(&mut self, conn: Conn, buf: Bytes) -> bool {
-        self.core.send(conn, std::slice::from_ref(&buf))
+        self.core.send(conn, std::iter::once(buf))
     }
 
     /// Queue several buffers (e.g. header + shared payload); they go out in one
     /// `sendmsg` when possible.
     pub fn send_parts(&mut self, conn: Conn, parts: &[Bytes]) -> bool {
-        self.core.send(conn, parts)
+        self.core.send(conn, parts.iter().cloned())
     }
 
     /// Bytes queued for `conn` and not yet written (0 for a stale handle).
