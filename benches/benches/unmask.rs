@@ -17,6 +17,9 @@ fn unmask(c: &mut Criterion) {
     #[cfg(target_arch = "x86_64")]
     {
         fns.push(("sse2", variants::sse2));
+        if variants::avx512_available() {
+            fns.push(("avx512", variants::avx512));
+        }
         if variants::avx2_available() {
             fns.push(("avx2", variants::avx2));
         }

@@ -36,6 +36,11 @@ pub fn unmask(buf: &mut [u8], key: [u8; 4], offset: usize) {
 fn unmask_large(buf: &mut [u8], key: [u8; 4], offset: usize) {
     match best() {
         #[cfg(target_arch = "x86_64")]
+        BEST_AVX512 => {
+            // SAFETY: BEST_AVX512 is only stored after runtime detection of AVX-512F.
+            unsafe { variants::avx512_unchecked(buf, key, offset) }
+        }
+        #[cfg(target_arch = "x86_64")]
         BEST_AVX2 => {
             // SAFETY: BEST_AVX2 is only stored after runtime detection of AVX2.
             unsafe { variants::avx2_unchecked(buf, key, offset) }
@@ -48,10 +53,11 @@ fn unmask_large(buf: &mut [u8], key: [u8; 4], offset: usize) {
     }
 }
 
-/// Name of the variant [`unmask`] uses on this machine ("avx2", "sse2",
-/// "neon" or "words"), for logs and benchmark reports.
+/// Name of the variant [`unmask`] uses on this machine ("avx512", "avx2",
+/// "sse2", "neon" or "words"), for logs and benchmark reports.
 pub fn best_variant() -> &'static str {
     match best() {
+        BEST_AVX512 => "avx512",
         BEST_AVX2 => "avx2",
         BEST_SSE2 => "sse2",
         BEST_NEON => "neon",
@@ -65,6 +71,7 @@ const BEST_WORDS: u8 = 1;
 const BEST_SSE2: u8 = 2;
 const BEST_AVX2: u8 = 3;
 const BEST_NEON: u8 = 4;
+const BEST_AVX512: u8 = 5;
 
 static BEST: AtomicU8 = AtomicU8::new(UNKNOWN);
 
@@ -83,7 +90,9 @@ fn best() -> u8 {
 fn detect() -> u8 {
     #[cfg(target_arch = "x86_64")]
     {
-        if variants::avx2_available() {
+        if variants::avx512_available() {
+            BEST_AVX512
+        } else if variants::avx2_available() {
             BEST_AVX2
         } else {
             // SSE2 is part of the x86_64 baseline.
@@ -190,6 +199,90 @@ pub mod variants {
 
     #[cfg(target_arch = "x86_64")]
     static AVX2: AtomicU8 = AtomicU8::new(0);
+    #[cfg(target_arch = "x86_64")]
+    static AVX512: AtomicU8 = AtomicU8::new(0);
+
+    /// Whether this CPU supports AVX-512F (detected once, then cached).
+    /// Always false off x86_64.
+    pub fn avx512_available() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            match AVX512.load(Ordering::Relaxed) {
+                1 => false,
+                2 => true,
+                _ => {
+                    let yes = std::is_x86_feature_detected!("avx512f");
+                    AVX512.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
+                    yes
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// x86_64 AVX-512: 64 bytes per vector, four vectors per step, the
+    /// stores aligned to 64 bytes on long buffers (a 64-byte store then
+    /// fills exactly one cache line). Falls back to [`avx2`] when the CPU
+    /// has no AVX-512F, so it is always safe to call.
+    #[cfg(target_arch = "x86_64")]
+    pub fn avx512(buf: &mut [u8], key: [u8; 4], offset: usize) {
+        if avx512_available() {
+            // SAFETY: AVX-512F support was just checked.
+            unsafe { avx512_unchecked(buf, key, offset) }
+        } else {
+            avx2(buf, key, offset)
+        }
+    }
+
+    /// AVX-512 body without the feature check.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F (see [`avx512_available`]).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn avx512_unchecked(buf: &mut [u8], key: [u8; 4], offset: usize) {
+        use std::arch::x86_64::*;
+        let len = buf.len();
+        let mut i = if len >= ALIGN_FROM {
+            buf.as_ptr().align_offset(64).min(len)
+        } else {
+            0
+        };
+        words(&mut buf[..i], key, offset);
+        let k = rotate(key, offset + i);
+        let kv = _mm512_set1_epi32(i32::from_ne_bytes(k));
+        let p = buf.as_mut_ptr();
+        while i + 256 <= len {
+            // SAFETY: i + 256 <= len keeps the four 64-byte accesses inside
+            // buf; loadu/storeu accept any alignment; the caller guarantees
+            // AVX-512F.
+            unsafe {
+                let q = p.add(i).cast::<__m512i>();
+                let a = _mm512_loadu_si512(q);
+                let b = _mm512_loadu_si512(q.add(1));
+                let c = _mm512_loadu_si512(q.add(2));
+                let d = _mm512_loadu_si512(q.add(3));
+                _mm512_storeu_si512(q, _mm512_xor_si512(a, kv));
+                _mm512_storeu_si512(q.add(1), _mm512_xor_si512(b, kv));
+                _mm512_storeu_si512(q.add(2), _mm512_xor_si512(c, kv));
+                _mm512_storeu_si512(q.add(3), _mm512_xor_si512(d, kv));
+            }
+            i += 256;
+        }
+        while i + 64 <= len {
+            // SAFETY: i + 64 <= len; unaligned access is allowed.
+            unsafe {
+                let q = p.add(i).cast::<__m512i>();
+                _mm512_storeu_si512(q, _mm512_xor_si512(_mm512_loadu_si512(q), kv));
+            }
+            i += 64;
+        }
+        // 64-byte steps keep the key phase.
+        words(&mut buf[i..], k, 0);
+    }
 
     /// Whether this CPU supports AVX2 (detected once, then cached).
     /// Always false off x86_64.
@@ -331,6 +424,7 @@ mod tests {
         {
             v.push(("sse2", sse2));
             v.push(("avx2", avx2));
+            v.push(("avx512", avx512));
         }
         #[cfg(target_arch = "aarch64")]
         v.push(("neon", neon));
@@ -392,6 +486,15 @@ mod tests {
         let first = best_variant();
         assert_eq!(first, best_variant());
         #[cfg(target_arch = "x86_64")]
-        assert_eq!(first, if avx2_available() { "avx2" } else { "sse2" });
+        assert_eq!(
+            first,
+            if avx512_available() {
+                "avx512"
+            } else if avx2_available() {
+                "avx2"
+            } else {
+                "sse2"
+            }
+        );
     }
 }
