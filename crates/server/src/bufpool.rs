@@ -69,19 +69,25 @@ pub(crate) fn take(min: usize) -> Vec<u8> {
     let Some(c) = class_for_request(min) else {
         return Vec::with_capacity(min);
     };
-    let reused = POOL
-        .try_with(|p| {
-            let mut p = p.borrow_mut();
-            if p.limit == 0 {
-                return None;
-            }
-            let v = p.free[(c - MIN_CLASS) as usize].pop()?;
+    let reused = POOL.try_with(|p| {
+        let mut p = p.borrow_mut();
+        if p.limit == 0 {
+            return Err(());
+        }
+        let v = p.free[(c - MIN_CLASS) as usize].pop();
+        if let Some(v) = &v {
             p.bytes -= v.capacity();
-            Some(v)
-        })
-        .ok()
-        .flatten();
-    reused.unwrap_or_else(|| Vec::with_capacity(1 << c))
+        }
+        Ok(v)
+    });
+    match reused {
+        Ok(Ok(Some(v))) => v,
+        // A pooling thread allocates the whole class, so the buffer can
+        // serve any request of its class later.
+        Ok(Ok(None)) => Vec::with_capacity(1 << c),
+        // Not a shard (or the pool is gone): exactly what was asked.
+        _ => Vec::with_capacity(min),
+    }
 }
 
 /// Returns a buffer for reuse (or frees it if the pool is full).
@@ -166,9 +172,10 @@ mod tests {
     #[test]
     fn reuses_within_limit_only_on_configured_threads() {
         std::thread::spawn(|| {
-            // Not a shard: nothing is kept.
+            // Not a shard: nothing is kept, and no size class is imposed.
             give(Vec::with_capacity(8192));
             assert_eq!(held(), 0);
+            assert_eq!(take(5000).capacity(), 5000);
 
             configure(20_000);
             let a = take(5000);
