@@ -624,9 +624,13 @@ fn recovers_from_a_redis_restart() {
         });
     }
     a.publish("room", b("before"), Some(1)).unwrap();
-    eb.wait_for("before", |e| {
-        (msgs(e, "room") == vec![b("before")]).then_some(())
-    });
+    // Both nodes, the sender included (it delivers on the way back from
+    // Redis): killing Redis before A has read it would lose it for A.
+    for e in [&ea, &eb] {
+        e.wait_for("before", |e| {
+            (msgs(e, "room") == vec![b("before")]).then_some(())
+        });
+    }
 
     redis.kill();
     for e in [&ea, &eb] {
