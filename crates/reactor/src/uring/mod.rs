@@ -10,7 +10,8 @@
 //!   EOF, error, `ENOBUFS` (ring empty) or at the kernel's discretion; we
 //!   re-arm on anything but EOF/error. `ENOBUFS` puts the connection on a
 //!   *starved* list that is re-armed once buffers have come back (see
-//!   [`UringDriver::rearm_starved`]) — never on a timer. Data that arrives
+//!   [`UringDriver::rearm_starved`]), with a 10 ms backstop for the case
+//!   that accounting misses (`STARVED_RETRY`). Data that arrives
 //!   meanwhile waits in the socket, so nothing is lost or reordered: one
 //!   connection's CQEs arrive in order and a new recv is only armed after the
 //!   previous one has ended;
@@ -64,6 +65,13 @@ const STARVED: u16 = 2;
 const CANCELLED: u16 = 4;
 
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
+/// Backstop for receives starved by ENOBUFS: if some are still waiting this
+/// long after the last re-arm round, re-arm them all. The accounting in
+/// `rearm_starved` normally re-arms them as buffers come back; under heavy
+/// CPU contention a starved receive was seen waiting forever (3–6 runs in
+/// 40 of the `buffer_ring_exhaustion` test with another process spinning),
+/// so a quiet shard must not rely on it alone.
+const STARVED_RETRY: Duration = Duration::from_millis(10);
 /// Provided buffers put into circulation at start; more (doubling, up to
 /// `buf_count`) when the ring runs dry often. See `account_buffer_use`.
 const INITIAL_BUFFERS: u16 = 64;
@@ -97,6 +105,8 @@ pub(crate) struct UringDriver {
     waker: RawFd,
     listeners: Vec<ListenerState>,
     accept_retry: Option<Instant>,
+    /// When to re-arm every starved receive regardless (see `STARVED_RETRY`).
+    starved_retry: Option<Instant>,
     stopping: bool,
     finishing: bool,
     starved: VecDeque<(u32, u64)>,
@@ -145,6 +155,7 @@ impl UringDriver {
                 })
                 .collect(),
             accept_retry: None,
+            starved_retry: None,
             stopping: false,
             finishing: false,
             starved: VecDeque::new(),
@@ -315,10 +326,13 @@ impl UringDriver {
     /// a timer and without re-arming hundreds of receives per returned buffer.
     fn rearm_starved<H: Handler>(&mut self, sh: &mut Shard<H>) {
         let came_back = (self.recycled_now + self.recycled_prev) as usize;
-        if self.starved.is_empty() || (came_back == 0 && self.recv_armed > 0) {
+        let backstop = self.starved_retry.is_some_and(|t| sh.core.now >= t);
+        if self.starved.is_empty() || (came_back == 0 && self.recv_armed > 0 && !backstop) {
+            self.arm_starved_retry();
             return;
         }
-        let mut budget = if self.recv_armed == 0 {
+        self.starved_retry = None;
+        let mut budget = if self.recv_armed == 0 || backstop {
             usize::MAX
         } else {
             came_back
@@ -334,6 +348,16 @@ impl UringDriver {
                     budget -= 1;
                 }
             }
+        }
+        self.arm_starved_retry();
+    }
+
+    /// Starts the backstop clock while receives are starved.
+    fn arm_starved_retry(&mut self) {
+        if self.starved.is_empty() {
+            self.starved_retry = None;
+        } else if self.starved_retry.is_none() {
+            self.starved_retry = Some(Instant::now() + STARVED_RETRY);
         }
     }
 
@@ -773,7 +797,10 @@ impl Driver for UringDriver {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        self.accept_retry
+        match (self.accept_retry, self.starved_retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn finish<H: Handler>(&mut self, sh: &mut Shard<H>) -> io::Result<()> {
