@@ -202,25 +202,28 @@ pub mod variants {
     #[cfg(target_arch = "x86_64")]
     static AVX512: AtomicU8 = AtomicU8::new(0);
 
+    /// A CPU feature check run once and cached in `slot` (0 = not yet,
+    /// 1 = no, 2 = yes).
+    #[cfg(target_arch = "x86_64")]
+    fn cached(slot: &AtomicU8, detect: fn() -> bool) -> bool {
+        match slot.load(Ordering::Relaxed) {
+            1 => false,
+            2 => true,
+            _ => {
+                let yes = detect();
+                slot.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
+                yes
+            }
+        }
+    }
+
     /// Whether this CPU supports AVX-512F (detected once, then cached).
     /// Always false off x86_64.
     pub fn avx512_available() -> bool {
         #[cfg(target_arch = "x86_64")]
-        {
-            match AVX512.load(Ordering::Relaxed) {
-                1 => false,
-                2 => true,
-                _ => {
-                    let yes = std::is_x86_feature_detected!("avx512f");
-                    AVX512.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
-                    yes
-                }
-            }
-        }
+        return cached(&AVX512, || std::is_x86_feature_detected!("avx512f"));
         #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
+        false
     }
 
     /// x86_64 AVX-512: 64 bytes per vector, four vectors per step, the
@@ -288,21 +291,9 @@ pub mod variants {
     /// Always false off x86_64.
     pub fn avx2_available() -> bool {
         #[cfg(target_arch = "x86_64")]
-        {
-            match AVX2.load(Ordering::Relaxed) {
-                1 => false,
-                2 => true,
-                _ => {
-                    let yes = std::is_x86_feature_detected!("avx2");
-                    AVX2.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
-                    yes
-                }
-            }
-        }
+        return cached(&AVX2, || std::is_x86_feature_detected!("avx2"));
         #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
+        false
     }
 
     /// x86_64 AVX2: 32 bytes per vector, four vectors per step, with the
