@@ -30,6 +30,25 @@ pub fn unmask(buf: &mut [u8], key: [u8; 4], offset: usize) {
     }
 }
 
+/// Block size for [`append_unmasked`]: small enough to stay in L1 between
+/// the copy and the XOR, a multiple of 4 so the key phase carries over.
+const APPEND_BLOCK: usize = 4096;
+
+/// Appends `src` to `dst` unmasked, leaving `src` as it is.
+///
+/// Works a block at a time: copy, then XOR the copy while it is still in L1.
+/// So the payload is read from `src` once and written once, where
+/// unmasking in place and copying afterwards would touch `src` twice.
+/// `offset` is as for [`unmask`].
+pub fn append_unmasked(dst: &mut Vec<u8>, src: &[u8], key: [u8; 4], offset: usize) {
+    dst.reserve(src.len());
+    for (i, block) in src.chunks(APPEND_BLOCK).enumerate() {
+        let at = dst.len();
+        dst.extend_from_slice(block);
+        unmask(&mut dst[at..], key, offset + i * APPEND_BLOCK);
+    }
+}
+
 /// Kept out of line so the small-buffer path of [`unmask`] stays tiny when
 /// inlined into the decoder.
 #[inline(never)]
@@ -457,6 +476,22 @@ mod tests {
                         assert_eq!(a, b, "{name} start={start} len={len} off={offset}");
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn append_unmasked_matches_in_place() {
+        let key = [0x12, 0x34, 0x56, 0x78];
+        for len in [0, 1, 5, 127, 128, 4095, 4096, 4097, 10_000] {
+            for offset in 0..4 {
+                let src = pattern(len);
+                let mut want = src.clone();
+                variants::bytewise(&mut want, key, offset);
+                let mut dst = vec![0xee; 3];
+                append_unmasked(&mut dst, &src, key, offset);
+                assert_eq!(&dst[..3], &[0xee; 3], "len {len} offset {offset}");
+                assert_eq!(&dst[3..], &want[..], "len {len} offset {offset}");
             }
         }
     }

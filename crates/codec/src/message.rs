@@ -6,12 +6,20 @@
 //! of the chunk, or a message fragmented over several frames, is copied into
 //! a per-connection buffer, which is freed again once the message is out.
 //!
+//! A server that sends messages straight back or on (echo, broadcast) can
+//! ask its [`BufferPool`] for [`frame_buf`](BufferPool::frame_buf)s: a
+//! whole unfragmented message is then unmasked into a buffer that already
+//! holds the header of the server frame carrying it, and that frame can be
+//! sent as it is.
+//!
 //! Every byte is looked at once: a split header is completed from at most 14
 //! stashed bytes, and payload bytes are unmasked, validated and appended as
 //! they arrive, so feeding one byte at a time costs no re-scanning.
 
 use std::fmt;
 use std::ops::ControlFlow;
+
+use bytes::Bytes;
 
 use crate::close::{codes, parse_close_payload, CloseFrame};
 use crate::frame::{FrameHeader, OpCode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
@@ -128,6 +136,24 @@ pub trait BufferPool {
     fn take(&mut self, min_capacity: usize) -> Vec<u8>;
     /// A buffer the decoder no longer needs (its contents are stale).
     fn give(&mut self, buf: Vec<u8>);
+
+    /// For a server: a buffer for a whole, unfragmented data message of
+    /// `len` bytes, already holding the header of the unmasked final frame
+    /// with this `opcode` and length (see [`server_frame_len`]). The decoder
+    /// appends the payload, unmasking on the way, and lends the message out
+    /// of the [`seal`](BufferPool::seal)ed frame, so echoing or forwarding
+    /// it needs no copy. `None` (the default): unmask in place, no copy.
+    ///
+    /// [`server_frame_len`]: crate::server_frame_len
+    fn frame_buf(&mut self, _opcode: OpCode, _len: usize) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// Freezes a frame built in a [`frame_buf`](BufferPool::frame_buf)
+    /// buffer, just before its message is handed out.
+    fn seal(&mut self, frame: Vec<u8>) -> Bytes {
+        Bytes::from(frame)
+    }
 }
 
 /// The default pool: plain allocation, nothing kept.
@@ -157,6 +183,9 @@ pub struct Decoder<P: BufferPool = NoPool> {
     ctrl_len: u8,
     /// Data message being assembled, when it is fragmented or was split.
     msg: Vec<u8>,
+    /// Where the payload starts in `msg`: after the frame header when `msg`
+    /// came from [`BufferPool::frame_buf`], else 0.
+    msg_start: usize,
     /// Opcode (Text or Binary) of the message in `msg`; `Some` while one is
     /// in progress.
     msg_op: Option<OpCode>,
@@ -183,6 +212,7 @@ impl<P: BufferPool> Decoder<P> {
             ctrl: [0; MAX_CONTROL_PAYLOAD],
             ctrl_len: 0,
             msg: Vec::new(),
+            msg_start: 0,
             msg_op: None,
             utf8: Utf8Stream::new(),
         }
@@ -231,7 +261,7 @@ impl<P: BufferPool> Decoder<P> {
     /// Bytes currently buffered (partial header, partial control frame and
     /// message being assembled), for memory accounting.
     pub fn buffered(&self) -> usize {
-        self.hdr_len as usize + self.ctrl_len as usize + self.msg.len()
+        self.hdr_len as usize + self.ctrl_len as usize + self.msg.len() - self.msg_start
     }
 
     /// Heap capacity held by this decoder.
@@ -251,6 +281,7 @@ impl<P: BufferPool> Decoder<P> {
 
     /// Hands the assembly buffer back to the pool.
     fn recycle(&mut self) {
+        self.msg_start = 0;
         let buf = std::mem::take(&mut self.msg);
         if buf.capacity() > 0 {
             self.pool.give(buf);
@@ -370,8 +401,30 @@ impl<P: BufferPool> Decoder<P> {
                 self.check(&h)?;
                 // Bounded by the checks above (125 or max_message_size).
                 let len = h.payload_len as usize;
-                let whole = chunk.len() - pos >= len;
+                let here = chunk.len() - pos;
+                let whole = here >= len;
                 let single = h.fin && h.opcode != OpCode::Continuation;
+                // A split frame gets one only when half of it is here: like
+                // `append`, reserve at most twice the bytes received.
+                let mut framed = if single && !h.opcode.is_control() && len <= here * 2 {
+                    self.pool.frame_buf(h.opcode, len)
+                } else {
+                    None
+                };
+                if let Some(buf) = framed.take_if(|_| whole) {
+                    // The frame is all here: unmask it into the server
+                    // frame that will carry it.
+                    let payload = &chunk[pos..pos + len];
+                    pos += len;
+                    if self
+                        .lend_framed(buf, payload, h.opcode, h.mask, sink)?
+                        .is_break()
+                    {
+                        self.state = State::Done;
+                        return Ok(());
+                    }
+                    continue;
+                }
                 if whole && single {
                     // Fast path: the frame is all here and is a message on
                     // its own. Unmask in place and lend it out.
@@ -396,6 +449,13 @@ impl<P: BufferPool> Decoder<P> {
                 }
                 if !h.opcode.is_control() && h.opcode != OpCode::Continuation {
                     self.msg_op = Some(h.opcode);
+                }
+                if let Some(buf) = framed {
+                    // Split over reads: assemble it in the frame buffer.
+                    debug_assert!(self.msg.is_empty());
+                    self.recycle();
+                    self.msg_start = buf.len();
+                    self.msg = buf;
                 }
                 self.ctrl_len = 0;
                 self.frame = Some(Partial {
@@ -446,13 +506,13 @@ impl<P: BufferPool> Decoder<P> {
                         if self.utf8.finish().is_err() {
                             return Err(INVALID_TEXT);
                         }
-                        debug_assert!(std::str::from_utf8(&self.msg).is_ok());
-                        // SAFETY: every byte of the message went through
-                        // `self.utf8`, which accepted the whole sequence and
-                        // found no unfinished code point at the end.
-                        let s = unsafe { std::str::from_utf8_unchecked(&self.msg) };
-                        sink(Message::Text(s))
+                        if self.msg_start > 0 {
+                            self.lend_assembled(sink, true)
+                        } else {
+                            sink(Message::Text(checked_text(&self.msg)))
+                        }
                     }
+                    _ if self.msg_start > 0 => self.lend_assembled(sink, false),
                     _ => sink(Message::Binary(&self.msg)),
                 };
                 // The message is out: return its buffer so idle
@@ -466,6 +526,49 @@ impl<P: BufferPool> Decoder<P> {
                 self.state = State::Done;
                 return Ok(());
             }
+        }
+    }
+
+    /// Unmasks a whole single-frame message into `frame` (a
+    /// [`BufferPool::frame_buf`] holding its header) and hands it out.
+    fn lend_framed(
+        &mut self,
+        mut frame: Vec<u8>,
+        payload: &[u8],
+        opcode: OpCode,
+        key: Option<[u8; 4]>,
+        sink: &mut impl FnMut(Message<'_>) -> ControlFlow<()>,
+    ) -> Result<ControlFlow<()>, ProtocolError> {
+        let start = frame.len();
+        match key {
+            Some(k) => mask::append_unmasked(&mut frame, payload, k, 0),
+            None => frame.extend_from_slice(payload),
+        }
+        let frame = self.pool.seal(frame);
+        let payload = &frame[start..];
+        Ok(match opcode {
+            OpCode::Text => match utf8::validate(payload) {
+                Some(s) => sink(Message::Text(s)),
+                None => return Err(INVALID_TEXT),
+            },
+            _ => sink(Message::Binary(payload)),
+        })
+    }
+
+    /// Hands out the message assembled in a frame buffer (its text already
+    /// validated piece by piece when `text`).
+    fn lend_assembled(
+        &mut self,
+        sink: &mut impl FnMut(Message<'_>) -> ControlFlow<()>,
+        text: bool,
+    ) -> ControlFlow<()> {
+        let start = std::mem::take(&mut self.msg_start);
+        let frame = self.pool.seal(std::mem::take(&mut self.msg));
+        let payload = &frame[start..];
+        if text {
+            sink(Message::Text(checked_text(payload)))
+        } else {
+            sink(Message::Binary(payload))
         }
     }
 
@@ -492,6 +595,17 @@ impl<P: BufferPool> Decoder<P> {
         }
         self.msg.extend_from_slice(piece);
     }
+}
+
+/// A message's text, already validated piece by piece by the decoder's
+/// `Utf8Stream`.
+#[inline]
+fn checked_text(bytes: &[u8]) -> &str {
+    debug_assert!(std::str::from_utf8(bytes).is_ok());
+    // SAFETY: every byte of the message went through the decoder's
+    // `Utf8Stream`, which accepted the whole sequence and found no
+    // unfinished code point at the end (checked before this is called).
+    unsafe { std::str::from_utf8_unchecked(bytes) }
 }
 
 /// Handles a complete control frame payload.

@@ -6,7 +6,7 @@ mod common;
 use std::ops::ControlFlow;
 
 use common::*;
-use ringcast_codec::{Decoder, DecoderConfig, Message, Role};
+use ringcast_codec::{Decoder, DecoderConfig, Message, OpCode, Role};
 
 fn err_code(dec: &mut Decoder, bytes: &[u8]) -> u16 {
     let (_, r) = feed(dec, bytes);
@@ -136,6 +136,70 @@ fn whole_frame_is_zero_copy_and_allocates_nothing() {
     assert!(inside, "payload must be a slice of the input chunk");
     assert_eq!(d.capacity(), 0);
     assert_eq!(d.buffered(), 0);
+}
+
+#[test]
+fn framing_pool_builds_the_server_frame_of_a_whole_message() {
+    let (mut d, sealed) = framing_server(DecoderConfig::default(), 100);
+    let payload: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
+    let mut wire = masked(0x82, &payload, KEY);
+    wire.extend(masked(0x81, b"small", KEY));
+    let (got, r) = feed(&mut d, &wire);
+    assert_eq!(r, Ok(()));
+    assert_eq!(
+        got,
+        [Owned::Binary(payload.clone()), Owned::Text("small".into())]
+    );
+    // Only the large one, and it is exactly the frame a server would send.
+    let frames = sealed.borrow();
+    assert_eq!(frames.len(), 1);
+    assert_eq!(
+        frames[0],
+        ringcast_codec::server_frame(OpCode::Binary, &payload)
+    );
+    assert_eq!((d.buffered(), d.capacity()), (0, 0));
+}
+
+#[test]
+fn framing_pool_assembles_a_split_frame_only_when_half_is_here() {
+    let text = "é".repeat(2000); // 4,000 bytes, cut inside a code point below
+    let wire = masked(0x81, text.as_bytes(), KEY);
+    // (Cut inside the header: the whole payload comes in the second read.)
+    for (first, framed) in [
+        (wire.len() - 1, true),
+        (2009, true),
+        (2007, false),
+        (3, true),
+    ] {
+        let (mut d, sealed) = framing_server(DecoderConfig::default(), 100);
+        let (a, r) = feed(&mut d, &wire[..first]);
+        assert_eq!((a, r), (vec![], Ok(())));
+        let (b, r) = feed(&mut d, &wire[first..]);
+        assert_eq!(r, Ok(()));
+        assert_eq!(b, [Owned::Text(text.clone())], "first read {first}");
+        let frames = sealed.borrow();
+        assert_eq!(frames.len(), usize::from(framed), "first read {first}");
+        if framed {
+            assert_eq!(
+                frames[0],
+                ringcast_codec::server_frame(OpCode::Text, text.as_bytes())
+            );
+        }
+        assert_eq!((d.buffered(), d.capacity()), (0, 0));
+    }
+}
+
+#[test]
+fn framing_pool_still_rejects_invalid_text() {
+    let mut bad = vec![b'a'; 300];
+    bad[150] = 0xff;
+    let wire = masked(0x81, &bad, KEY);
+    for split in [wire.len(), 200] {
+        let (mut d, _) = framing_server(DecoderConfig::default(), 100);
+        let (m, r) = feed_split(&mut d, &wire, &[split]);
+        assert!(m.is_empty());
+        assert_eq!(r.unwrap_err().code, 1007, "split {split}");
+    }
 }
 
 // ---- protocol errors and their close codes --------------------------------

@@ -8,7 +8,8 @@ use common::*;
 use proptest::prelude::*;
 use ringcast_codec::mask::variants;
 use ringcast_codec::{
-    encode_client_frame, Decoder, DecoderConfig, MaskGen, OpCode, RequestParser, Utf8Stream,
+    encode_client_frame, BufferPool, Decoder, DecoderConfig, MaskGen, OpCode, ProtocolError,
+    RequestParser, Utf8Stream,
 };
 
 /// Deterministic filler so large buffers are cheap to generate.
@@ -30,6 +31,23 @@ fn cuts(len: usize, fracs: &[f64]) -> Vec<usize> {
     c.sort_unstable();
     c.dedup();
     c
+}
+
+/// Feeds `wire` cut at `cuts`, collecting everything up to the first error.
+fn feed_at<P: BufferPool>(
+    dec: &mut Decoder<P>,
+    wire: &[u8],
+    cuts: &[usize],
+) -> (Vec<Owned>, Result<(), ProtocolError>) {
+    let mut got = Vec::new();
+    for w in cuts.windows(2) {
+        let (m, r) = feed(dec, &wire[w[0]..w[1]]);
+        got.extend(m);
+        if r.is_err() {
+            return (got, r);
+        }
+    }
+    (got, Ok(()))
 }
 
 #[derive(Debug, Clone)]
@@ -97,16 +115,24 @@ proptest! {
         }
         let c = cuts(wire.len(), &fracs);
         let mut dec = Decoder::new(DecoderConfig::default());
-        let mut got = Vec::new();
-        for w in c.windows(2) {
-            let (m, r) = feed(&mut dec, &wire[w[0]..w[1]]);
-            prop_assert_eq!(r, Ok(()));
-            got.extend(m);
-        }
+        let (got, r) = feed_at(&mut dec, &wire, &c);
+        prop_assert_eq!(r, Ok(()));
         let want: Vec<Owned> = msgs.iter().map(|(m, _)| expected(m)).collect();
-        prop_assert_eq!(got, want);
+        prop_assert_eq!(&got, &want);
         prop_assert_eq!(dec.buffered(), 0);
         prop_assert_eq!(dec.capacity(), 0);
+
+        // The same through a pool that builds server frames: the same
+        // messages, and every frame it sealed carries one of them, in order.
+        let (mut dec, sealed) = framing_server(DecoderConfig::default(), 0);
+        prop_assert_eq!(feed_at(&mut dec, &wire, &c), (want.clone(), Ok(())));
+        prop_assert_eq!(dec.buffered(), 0);
+        prop_assert_eq!(dec.capacity(), 0);
+        let carried = decode_frames(&sealed.borrow());
+        let mut rest = want.iter();
+        for m in &carried {
+            prop_assert!(rest.any(|w| w == m), "sealed frame {:?} is not a message, in order", m);
+        }
     }
 
     #[test]
@@ -137,19 +163,16 @@ proptest! {
             allow_rsv1: false,
         };
         let whole = feed(&mut Decoder::new(cfg), &wire);
+        let c = cuts(wire.len(), &fracs);
         let mut dec = Decoder::new(cfg);
-        let mut got = Vec::new();
-        let mut res = Ok(());
-        for w in cuts(wire.len(), &fracs).windows(2) {
-            let (m, r) = feed(&mut dec, &wire[w[0]..w[1]]);
-            got.extend(m);
-            if r.is_err() {
-                res = r;
-                break;
-            }
-        }
-        prop_assert_eq!(whole, (got, res));
+        prop_assert_eq!(&whole, &feed_at(&mut dec, &wire, &c));
         prop_assert!(dec.capacity() <= max);
+
+        // Building server frames changes nothing either.
+        if !client_role {
+            let (mut dec, _) = framing_server(cfg, 0);
+            prop_assert_eq!(&whole, &feed_at(&mut dec, &wire, &c));
+        }
     }
 
     #[test]

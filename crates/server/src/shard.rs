@@ -977,6 +977,7 @@ impl<D: Default + 'static> Core<D> {
             return;
         };
         let r = decoder.decode(data, |msg| self.frame(app, io, slot, msg));
+        crate::bufpool::end_message();
         match r {
             Ok(()) => {
                 if let Some(c) = self.table.get_mut(slot) {

@@ -1,11 +1,14 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use std::cell::RefCell;
 use std::ops::ControlFlow;
+use std::rc::Rc;
 
+use bytes::Bytes;
 use ringcast_codec::{
-    encode_client_frame, encode_header, Decoder, DecoderConfig, Message, OpCode, ProtocolError,
-    Role, MAX_HEADER_LEN,
+    encode_client_frame, encode_header, BufferPool, Decoder, DecoderConfig, Message, OpCode,
+    ProtocolError, Role, MAX_HEADER_LEN,
 };
 
 /// An owned copy of a [`Message`], so tests can collect and compare.
@@ -41,8 +44,67 @@ pub fn client() -> Decoder {
     })
 }
 
+/// A pool that asks for a frame buffer for every data message of at least
+/// `min` bytes and keeps a copy of every frame it seals.
+#[derive(Debug, Clone, Default)]
+pub struct FramingPool {
+    pub min: usize,
+    pub sealed: Rc<RefCell<Vec<Bytes>>>,
+}
+
+impl BufferPool for FramingPool {
+    fn take(&mut self, min_capacity: usize) -> Vec<u8> {
+        Vec::with_capacity(min_capacity)
+    }
+    fn give(&mut self, _buf: Vec<u8>) {}
+    fn frame_buf(&mut self, opcode: OpCode, len: usize) -> Option<Vec<u8>> {
+        if len < self.min {
+            return None;
+        }
+        let mut h = [0u8; MAX_HEADER_LEN];
+        let n = encode_header(&mut h, true, opcode, len as u64, None);
+        let mut buf = Vec::with_capacity(n + len);
+        buf.extend_from_slice(&h[..n]);
+        Some(buf)
+    }
+    fn seal(&mut self, frame: Vec<u8>) -> Bytes {
+        let frame = Bytes::from(frame);
+        self.sealed.borrow_mut().push(frame.clone());
+        frame
+    }
+}
+
+/// A server decoder with a [`FramingPool`] (and a handle on its frames).
+pub fn framing_server(
+    cfg: DecoderConfig,
+    min: usize,
+) -> (Decoder<FramingPool>, Rc<RefCell<Vec<Bytes>>>) {
+    let pool = FramingPool {
+        min,
+        ..FramingPool::default()
+    };
+    let sealed = pool.sealed.clone();
+    (Decoder::with_pool(cfg, pool), sealed)
+}
+
+/// What a client decodes from frames the server would send.
+pub fn decode_frames(frames: &[Bytes]) -> Vec<Owned> {
+    let mut c = client();
+    frames
+        .iter()
+        .flat_map(|f| {
+            let (m, r) = feed(&mut c, f);
+            assert_eq!(r, Ok(()));
+            m
+        })
+        .collect()
+}
+
 /// Feeds `bytes` as one chunk and collects what comes out.
-pub fn feed(dec: &mut Decoder, bytes: &[u8]) -> (Vec<Owned>, Result<(), ProtocolError>) {
+pub fn feed<P: BufferPool>(
+    dec: &mut Decoder<P>,
+    bytes: &[u8],
+) -> (Vec<Owned>, Result<(), ProtocolError>) {
     let mut chunk = bytes.to_vec();
     let mut out = Vec::new();
     let r = dec.decode(&mut chunk, |m| {
@@ -54,8 +116,8 @@ pub fn feed(dec: &mut Decoder, bytes: &[u8]) -> (Vec<Owned>, Result<(), Protocol
 
 /// Feeds `bytes` in the given chunk sizes (cycled), collecting everything
 /// until the first error.
-pub fn feed_split(
-    dec: &mut Decoder,
+pub fn feed_split<P: BufferPool>(
+    dec: &mut Decoder<P>,
     bytes: &[u8],
     sizes: &[usize],
 ) -> (Vec<Owned>, Result<(), ProtocolError>) {
