@@ -45,7 +45,7 @@ pub fn append_unmasked(dst: &mut Vec<u8>, src: &[u8], key: [u8; 4], offset: usiz
     for (i, block) in src.chunks(APPEND_BLOCK).enumerate() {
         let at = dst.len();
         dst.extend_from_slice(block);
-        unmask(&mut dst[at..], key, offset + i * APPEND_BLOCK);
+        unmask(&mut dst[at..], key, offset.wrapping_add(i * APPEND_BLOCK));
     }
 }
 
