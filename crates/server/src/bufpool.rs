@@ -141,12 +141,14 @@ impl Drop for Recycled {
 /// An unmasked final frame, in a pooled buffer when it is large, or the
 /// decoder's frame when `payload` is the message being handled.
 pub(crate) fn frame(opcode: OpCode, payload: &[u8]) -> Bytes {
-    if let Some(f) = lent_frame(opcode, payload) {
-        return f;
-    }
     let len = server_frame_len(payload.len());
     if class_for_request(len).is_none() {
+        // Lent frames are never this small (see `ShardPool::frame_buf`), so
+        // small messages skip the thread-local lookup.
         return server_frame(opcode, payload);
+    }
+    if let Some(f) = lent_frame(opcode, payload) {
+        return f;
     }
     let mut buf = take(len);
     server_frame_into(&mut buf, opcode, payload);
