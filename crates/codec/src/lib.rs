@@ -33,7 +33,9 @@ pub use handshake::{
     Request, RequestParser, MAX_HEADER_BYTES_DEFAULT,
 };
 pub use mask::unmask;
-pub use message::{BufferPool, Decoder, DecoderConfig, Message, NoPool, ProtocolError};
+pub use message::{
+    BufferPool, Decoder, DecoderConfig, Lend, Message, NoLend, NoPool, ProtocolError,
+};
 pub use utf8::Utf8Stream;
 
 /// Which end of the connection this codec speaks for.

@@ -22,7 +22,9 @@ use std::ops::ControlFlow;
 use bytes::Bytes;
 
 use crate::close::{codes, parse_close_payload, CloseFrame};
-use crate::frame::{FrameHeader, OpCode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
+use crate::frame::{
+    encode_header, server_frame_len, FrameHeader, OpCode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN,
+};
 use crate::mask;
 use crate::utf8::{self, Utf8Stream};
 use crate::Role;
@@ -156,6 +158,36 @@ pub trait BufferPool {
     }
 }
 
+/// Where the decoder's input lives, for a server whose input buffers can
+/// outlive [`Decoder::decode_lent`] (a reactor lending its receive buffer).
+///
+/// A whole, unfragmented data message that the lender
+/// [`wants`](Lend::wants) is unmasked in place, the header of its unmasked
+/// server frame is written over the end of the client's header (always
+/// four bytes longer: the mask key), and the frame is lent as it lies in
+/// the chunk. The message is handed out of that, so echoing or forwarding
+/// it costs neither a copy nor an allocation for the payload.
+pub trait Lend<'a> {
+    /// Whether a server frame of `frame_len` bytes should be lent.
+    fn wants(&self, frame_len: usize) -> bool;
+    /// `frame` (a part of the chunk, now an unmasked server frame) as
+    /// `Bytes` that outlive the chunk; `Err` gives it back.
+    fn lend(&mut self, frame: &'a mut [u8]) -> Result<Bytes, &'a mut [u8]>;
+}
+
+/// Input that cannot be lent (what [`Decoder::decode`] uses).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoLend;
+
+impl<'a> Lend<'a> for NoLend {
+    fn wants(&self, _frame_len: usize) -> bool {
+        false
+    }
+    fn lend(&mut self, frame: &'a mut [u8]) -> Result<Bytes, &'a mut [u8]> {
+        Err(frame)
+    }
+}
+
 /// The default pool: plain allocation, nothing kept.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoPool;
@@ -237,6 +269,17 @@ impl<P: BufferPool> Decoder<P> {
     pub fn decode(
         &mut self,
         chunk: &mut [u8],
+        sink: impl FnMut(Message<'_>) -> ControlFlow<()>,
+    ) -> Result<(), ProtocolError> {
+        self.decode_lent(chunk, &mut NoLend, sink)
+    }
+
+    /// [`decode`](Decoder::decode) from a chunk whose frames `lend` may
+    /// keep past the call (see [`Lend`]).
+    pub fn decode_lent<'a>(
+        &mut self,
+        chunk: &'a mut [u8],
+        lend: &mut impl Lend<'a>,
         mut sink: impl FnMut(Message<'_>) -> ControlFlow<()>,
     ) -> Result<(), ProtocolError> {
         match self.state {
@@ -244,7 +287,7 @@ impl<P: BufferPool> Decoder<P> {
             State::Done => return Ok(()),
             State::Failed(e) => return Err(e),
         }
-        let r = self.decode_inner(chunk, &mut sink);
+        let r = self.decode_inner(chunk, lend, &mut sink);
         if let Err(e) = r {
             self.state = State::Failed(e);
             self.release();
@@ -381,9 +424,10 @@ impl<P: BufferPool> Decoder<P> {
         }
     }
 
-    fn decode_inner(
+    fn decode_inner<'a>(
         &mut self,
-        chunk: &mut [u8],
+        mut chunk: &'a mut [u8],
+        lend: &mut impl Lend<'a>,
         sink: &mut impl FnMut(Message<'_>) -> ControlFlow<()>,
     ) -> Result<(), ProtocolError> {
         let mut pos = 0;
@@ -404,9 +448,26 @@ impl<P: BufferPool> Decoder<P> {
                 let here = chunk.len() - pos;
                 let whole = here >= len;
                 let single = h.fin && h.opcode != OpCode::Continuation;
+                let data = !h.opcode.is_control();
+                if let (true, Some(key)) = (whole && single && data, h.mask) {
+                    // The server header fits where the client's ended.
+                    let header = server_frame_len(len) - len;
+                    if pos >= header && lend.wants(header + len) {
+                        let (done, rest) = std::mem::take(&mut chunk).split_at_mut(pos + len);
+                        let frame = &mut done[pos - header..];
+                        chunk = rest;
+                        pos = 0;
+                        let flow = lend_in_place(frame, header, h.opcode, key, lend, sink)?;
+                        if flow.is_break() {
+                            self.state = State::Done;
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                }
                 // A split frame gets one only when half of it is here: like
                 // `append`, reserve at most twice the bytes received.
-                let mut framed = if single && !h.opcode.is_control() && len <= here * 2 {
+                let mut framed = if single && data && len <= here * 2 {
                     self.pool.frame_buf(h.opcode, len)
                 } else {
                     None
@@ -595,6 +656,39 @@ impl<P: BufferPool> Decoder<P> {
         }
         self.msg.extend_from_slice(piece);
     }
+}
+
+/// Unmasks a whole single-frame message in place, writes its server header
+/// just before it and hands the message out of the frame `lend` keeps (or,
+/// if it declines, out of the chunk).
+fn lend_in_place<'a>(
+    frame: &'a mut [u8],
+    header: usize,
+    opcode: OpCode,
+    key: [u8; 4],
+    lend: &mut impl Lend<'a>,
+    sink: &mut impl FnMut(Message<'_>) -> ControlFlow<()>,
+) -> Result<ControlFlow<()>, ProtocolError> {
+    let len = frame.len() - header;
+    mask::unmask(&mut frame[header..], key, 0);
+    let mut h = [0u8; MAX_HEADER_LEN];
+    encode_header(&mut h, true, opcode, len as u64, None);
+    frame[..header].copy_from_slice(&h[..header]);
+    let kept;
+    let payload: &[u8] = match lend.lend(frame) {
+        Ok(frame) => {
+            kept = frame;
+            &kept[header..]
+        }
+        Err(frame) => &frame[header..],
+    };
+    Ok(match opcode {
+        OpCode::Text => match utf8::validate(payload) {
+            Some(s) => sink(Message::Text(s)),
+            None => return Err(INVALID_TEXT),
+        },
+        _ => sink(Message::Binary(payload)),
+    })
 }
 
 /// A message's text, already validated piece by piece by the decoder's

@@ -202,6 +202,110 @@ fn framing_pool_still_rejects_invalid_text() {
     }
 }
 
+#[test]
+fn lender_keeps_whole_large_messages_as_their_server_frame() {
+    let big: Vec<u8> = (0..70_000u32).map(|i| (i * 13) as u8).collect();
+    let text = "ü".repeat(3000);
+    let mut wire = masked(0x82, &big[..5000], KEY);
+    wire.extend(masked(0x81, text.as_bytes(), KEY));
+    wire.extend(masked(0x82, &big, KEY)); // 64-bit length
+    wire.extend(masked(0x89, b"ping", KEY)); // control: never lent
+    wire.extend(masked(0x81, b"small", KEY)); // under `min`
+    wire.extend(masked(0x02, &big[..300], KEY)); // fragmented: never lent
+    wire.extend(masked(0x80, &big[..300], KEY));
+    let mut lend = CopyLend {
+        min: 100,
+        ..CopyLend::default()
+    };
+    let mut d = server();
+    let (got, r) = feed_lent(&mut d, &wire, &mut lend);
+    assert_eq!(r, Ok(()));
+    let mut two = big[..300].to_vec();
+    two.extend_from_slice(&big[..300]);
+    assert_eq!(
+        got,
+        [
+            Owned::Binary(big[..5000].to_vec()),
+            Owned::Text(text.clone()),
+            Owned::Binary(big.clone()),
+            Owned::Ping(b"ping".to_vec()),
+            Owned::Text("small".into()),
+            Owned::Binary(two),
+        ]
+    );
+    let lent = lend.lent.borrow();
+    let server_frame = ringcast_codec::server_frame;
+    assert_eq!(
+        *lent,
+        [
+            server_frame(OpCode::Binary, &big[..5000]),
+            server_frame(OpCode::Text, text.as_bytes()),
+            server_frame(OpCode::Binary, &big),
+        ]
+    );
+    assert_eq!((d.buffered(), d.capacity()), (0, 0));
+}
+
+#[test]
+fn lent_message_is_handed_out_of_the_kept_frame() {
+    let payload = vec![7u8; 4000];
+    let mut chunk = masked(0x82, &payload, KEY);
+    let mut lend = CopyLend::default();
+    let lent = lend.lent.clone();
+    let mut inside = false;
+    let r = server().decode_lent(&mut chunk, &mut lend, |m| {
+        let Message::Binary(b) = m else {
+            panic!("{m:?}")
+        };
+        let kept = &lent.borrow()[0];
+        inside = std::ptr::eq(b.as_ptr(), kept[4..].as_ptr()) && b.len() == kept.len() - 4;
+        ControlFlow::Continue(())
+    });
+    assert_eq!(r, Ok(()));
+    assert!(inside, "the sink must see the lent frame's payload");
+}
+
+#[test]
+fn lending_needs_the_header_in_the_chunk_and_a_willing_lender() {
+    let payload: Vec<u8> = (0..4000u32).map(|i| i as u8).collect();
+    let wire = masked(0x82, &payload, KEY);
+    // Header cut after 5 of its 8 bytes: the payload arrives whole, but only
+    // 3 header bytes are in this chunk, too few for the server's 4, so it is
+    // not lent (it is assembled instead). Cut after 3: 5 are, so it is.
+    for (first, decline, lent) in [(5, false, 0), (3, false, 1), (0, true, 0), (0, false, 1)] {
+        let mut lend = CopyLend {
+            decline,
+            ..CopyLend::default()
+        };
+        let mut d = server();
+        let (a, r) = feed_lent(&mut d, &wire[..first], &mut lend);
+        assert_eq!((a, r), (vec![], Ok(())));
+        let (b, r) = feed_lent(&mut d, &wire[first..], &mut lend);
+        assert_eq!((b, r), (vec![Owned::Binary(payload.clone())], Ok(())));
+        assert_eq!(
+            lend.lent.borrow().len(),
+            lent,
+            "first {first} decline {decline}"
+        );
+    }
+}
+
+#[test]
+fn lent_text_is_still_validated() {
+    let mut bad = vec![b'a'; 300];
+    bad[299] = 0xc3; // unfinished code point
+    let wire = masked(0x81, &bad, KEY);
+    for decline in [false, true] {
+        let mut lend = CopyLend {
+            decline,
+            ..CopyLend::default()
+        };
+        let (m, r) = feed_lent(&mut server(), &wire, &mut lend);
+        assert!(m.is_empty());
+        assert_eq!(r.unwrap_err().code, 1007);
+    }
+}
+
 // ---- protocol errors and their close codes --------------------------------
 
 #[test]

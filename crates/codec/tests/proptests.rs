@@ -8,8 +8,8 @@ use common::*;
 use proptest::prelude::*;
 use ringcast_codec::mask::variants;
 use ringcast_codec::{
-    encode_client_frame, BufferPool, Decoder, DecoderConfig, MaskGen, OpCode, ProtocolError,
-    RequestParser, Utf8Stream,
+    encode_client_frame, BufferPool, Decoder, DecoderConfig, Lend, MaskGen, NoLend, OpCode,
+    ProtocolError, RequestParser, Utf8Stream,
 };
 
 /// Deterministic filler so large buffers are cheap to generate.
@@ -39,9 +39,19 @@ fn feed_at<P: BufferPool>(
     wire: &[u8],
     cuts: &[usize],
 ) -> (Vec<Owned>, Result<(), ProtocolError>) {
+    feed_at_lent(dec, wire, cuts, &mut NoLend)
+}
+
+/// [`feed_at`] through a lender.
+fn feed_at_lent<P: BufferPool, L: for<'a> Lend<'a>>(
+    dec: &mut Decoder<P>,
+    wire: &[u8],
+    cuts: &[usize],
+    lend: &mut L,
+) -> (Vec<Owned>, Result<(), ProtocolError>) {
     let mut got = Vec::new();
     for w in cuts.windows(2) {
-        let (m, r) = feed(dec, &wire[w[0]..w[1]]);
+        let (m, r) = feed_lent(dec, &wire[w[0]..w[1]], lend);
         got.extend(m);
         if r.is_err() {
             return (got, r);
@@ -133,6 +143,24 @@ proptest! {
         for m in &carried {
             prop_assert!(rest.any(|w| w == m), "sealed frame {:?} is not a message, in order", m);
         }
+
+        // And with a lender as well (taking every frame it is offered, or
+        // none): the same messages; every frame lent or sealed carries one
+        // of them, in order.
+        for decline in [false, true] {
+            let (mut dec, sealed) = framing_server(DecoderConfig::default(), 0);
+            let mut lend = CopyLend { decline, ..CopyLend::default() };
+            prop_assert_eq!(feed_at_lent(&mut dec, &wire, &c, &mut lend), (want.clone(), Ok(())));
+            prop_assert_eq!((dec.buffered(), dec.capacity()), (0, 0));
+            let lent = lend.lent.borrow();
+            prop_assert!(!decline || lent.is_empty());
+            for frames in [&lent[..], &sealed.borrow()[..]] {
+                let mut rest = want.iter();
+                for m in &decode_frames(frames) {
+                    prop_assert!(rest.any(|w| w == m), "frame {:?} is not a message, in order", m);
+                }
+            }
+        }
     }
 
     #[test]
@@ -172,6 +200,9 @@ proptest! {
         if !client_role {
             let (mut dec, _) = framing_server(cfg, 0);
             prop_assert_eq!(&whole, &feed_at(&mut dec, &wire, &c));
+            // Nor does lending frames out of the chunk.
+            let mut dec = Decoder::new(cfg);
+            prop_assert_eq!(&whole, &feed_at_lent(&mut dec, &wire, &c, &mut CopyLend::default()));
         }
     }
 

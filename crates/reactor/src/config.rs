@@ -101,6 +101,11 @@ pub struct Config {
     pub buf_count: u16,
     /// Size of each provided buffer, and of the epoll per-shard read scratch buffer.
     pub buf_size: u32,
+    /// Receive buffers per shard that handlers may keep past `on_data`
+    /// (`Input::split`); 0 = never lend. With io_uring also at most half of
+    /// the buffers circulating, so receives always have buffers; with epoll
+    /// this many extra read buffers may be mapped.
+    pub max_lent_buffers: u16,
     /// Output-queue size (bytes) per connection above which the handler hears
     /// `on_backpressure(.., true)`; `false` follows once it drains to half of it.
     pub max_write_queue: usize,
@@ -136,6 +141,7 @@ impl Default for Config {
             ring_entries: 4096,
             buf_count: 4096,
             buf_size: 16 * 1024,
+            max_lent_buffers: 256,
             max_write_queue: 1024 * 1024,
             mailbox_capacity: 65536,
             tcp_nodelay: true,
@@ -153,6 +159,7 @@ pub(crate) struct ShardConfig {
     pub ring_entries: u32,
     pub buf_count: u16,
     pub buf_size: u32,
+    pub max_lent_buffers: u16,
     pub backlog: u32,
     pub max_write_queue: usize,
     pub tcp_nodelay: bool,
@@ -170,6 +177,9 @@ impl Config {
         if self.buf_count == 0 || self.buf_count > 32768 {
             return bad("buf_count must be in 1..=32768 (kernel buffer-ring limit)");
         }
+        if self.max_lent_buffers > 32768 {
+            return bad("max_lent_buffers must be in 0..=32768");
+        }
         if self.buf_size < 64 {
             return bad("buf_size must be at least 64 bytes");
         }
@@ -186,6 +196,7 @@ impl Config {
             ring_entries: self.ring_entries.next_power_of_two(),
             buf_count: self.buf_count,
             buf_size: self.buf_size,
+            max_lent_buffers: self.max_lent_buffers,
             backlog: self.backlog.clamp(1, i32::MAX as u32),
             max_write_queue: self.max_write_queue.max(1),
             tcp_nodelay: self.tcp_nodelay,

@@ -6,9 +6,11 @@
 //!   which case it goes on a ready list and is resumed next pass without
 //!   waiting (no other edge would come). Writes are attempted directly when
 //!   output is queued; only after `EAGAIN` do we wait for the `EPOLLOUT` edge.
-//! * Reads go into one per-shard scratch buffer (`buf_size`), and the handler
-//!   must consume `data` during `on_data`; an idle connection therefore holds
-//!   no receive buffer at all, only its kernel socket buffers.
+//! * Reads go into one per-shard read buffer (`buf_size`), and the handler
+//!   consumes the data during `on_input`; an idle connection therefore holds
+//!   no receive buffer at all, only its kernel socket buffers. If the handler
+//!   keeps part of it (`Input::split`), reads move on to another buffer of
+//!   the shard's `max_lent_buffers + 1` until that one comes back.
 //! * Writes use `sendmsg` with an iovec batch (up to 64 queued `Bytes`), which
 //!   is `writev` plus flags: `MSG_NOSIGNAL` stops a closed peer from raising
 //!   `SIGPIPE` (we get `EPIPE` instead).
@@ -18,8 +20,10 @@
 //!   `EMFILE`/`ENFILE` take the listener out of the set for 50 ms instead of
 //!   spinning on a backlog we cannot drain.
 
+use crate::config::ShardConfig;
 use crate::conn::st;
 use crate::handler::{CloseReason, Handler};
+use crate::lend::{Input, Region};
 use crate::listener::Listener;
 use crate::mailbox::Accepted;
 use crate::outq::MAX_IOV;
@@ -30,6 +34,7 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use nix::sys::socket::{self, MsgFlags, SockFlag, SockaddrStorage};
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const TOKEN_LISTENER: u64 = 1 << 63;
@@ -53,7 +58,12 @@ fn conn_token(idx: u32, gen: u64) -> u64 {
 pub(crate) struct EpollDriver {
     ep: Epoll,
     events: Vec<EpollEvent>,
-    scratch: Box<[u8]>,
+    /// Read buffers: `cur` is read into; the others are lent (`lent` of
+    /// them) or in `free`. See `crate::lend`.
+    bufs: Arc<Region>,
+    cur: u16,
+    free: Vec<u16>,
+    lent: u16,
     listeners: Vec<Option<Listener>>,
     /// Listener taken out of the set after EMFILE, re-added at this time.
     accept_retry: Option<Instant>,
@@ -63,7 +73,7 @@ pub(crate) struct EpollDriver {
 }
 
 impl EpollDriver {
-    pub fn new(listeners: Vec<Listener>, waker: RawFd, buf_size: u32) -> io::Result<Self> {
+    pub fn new(listeners: Vec<Listener>, waker: RawFd, cfg: &ShardConfig) -> io::Result<Self> {
         let ep = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(errno_io)?;
         // SAFETY: `waker` is the shard mailbox's eventfd, owned by `Shared`, which
         // outlives this driver (the shard thread holds an Arc to it).
@@ -73,7 +83,11 @@ impl EpollDriver {
         let d = EpollDriver {
             ep,
             events: vec![EpollEvent::empty(); EVENTS],
-            scratch: vec![0u8; buf_size as usize].into_boxed_slice(),
+            // One more than may be lent, so there is always one to read into.
+            bufs: Region::new(cfg.max_lent_buffers + 1, cfg.buf_size)?,
+            cur: 0,
+            free: (1..=cfg.max_lent_buffers).rev().collect(),
+            lent: 0,
             listeners: listeners.into_iter().map(Some).collect(),
             accept_retry: None,
             paused: Vec::new(),
@@ -145,14 +159,30 @@ impl EpollDriver {
                 return;
             }
             let fd = e.raw_fd();
-            match socket::recv(fd, &mut self.scratch, MsgFlags::MSG_DONTWAIT) {
+            let (bufs, cur) = (&self.bufs, self.cur);
+            // SAFETY: `cur` is never lent while it is `cur` (a lent buffer is
+            // replaced below before the next read) and nothing else slices it.
+            let buf = unsafe { bufs.hold(cur, bufs.size()) };
+            let got = socket::recv(fd, buf, MsgFlags::MSG_DONTWAIT);
+            if let Ok(n @ 1..) = got {
+                let data = &mut buf[..n];
+                let input = if self.free.is_empty() {
+                    Input::plain(data)
+                } else {
+                    Input::lendable(data, bufs, cur)
+                };
+                sh.data(idx, input);
+            }
+            if !self.bufs.release(cur) {
+                self.next_buffer(sh);
+            }
+            match got {
                 Ok(0) => {
                     sh.eof(idx);
                     return;
                 }
                 Ok(n) => {
-                    sh.data(idx, &mut self.scratch[..n]);
-                    if n < self.scratch.len() && !until_eagain {
+                    if n < self.bufs.size() && !until_eagain {
                         return;
                     }
                 }
@@ -171,6 +201,14 @@ impl EpollDriver {
                 self.read_ready.push((idx, e.gen));
             }
         }
+    }
+
+    /// The read buffer was lent: read into a free one from now on.
+    fn next_buffer<H: Handler>(&mut self, sh: &mut Shard<H>) {
+        self.lent += 1;
+        self.reclaim(sh);
+        // Lending is offered only while one is free (see `read`).
+        self.cur = self.free.pop().expect("a free read buffer");
     }
 
     fn write<H: Handler>(&mut self, sh: &mut Shard<H>, idx: u32) {
@@ -345,6 +383,12 @@ impl Driver for EpollDriver {
         }
         self.paused.clear();
         self.accept_retry = None;
+    }
+
+    fn reclaim<H: Handler>(&mut self, sh: &mut Shard<H>) {
+        let free = &mut self.free;
+        self.lent -= self.bufs.drain(|bid| free.push(bid)) as u16;
+        sh.core.stats.lent_buffers = self.lent as u64;
     }
 
     fn has_ready(&self) -> bool {

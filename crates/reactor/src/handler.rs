@@ -9,6 +9,7 @@
 
 use crate::conn::Conn;
 use crate::ctx::Ctx;
+use crate::lend::Input;
 use crate::timer::TimerId;
 use std::net::SocketAddr;
 
@@ -49,6 +50,14 @@ pub trait Handler: 'static {
     /// Bytes received, in order. `data` is mutable so the codec can unmask in
     /// place. Valid only during the call.
     fn on_data(&mut self, ctx: &mut Ctx<'_, Self::Mail>, conn: Conn, data: &mut [u8]);
+
+    /// Bytes received, as the backend's buffer: a handler that keeps parts
+    /// of them past the call can borrow the buffer instead of copying (see
+    /// [`Input::split`]). What the reactor calls; the default passes the
+    /// bytes to `on_data`.
+    fn on_input(&mut self, ctx: &mut Ctx<'_, Self::Mail>, conn: Conn, input: Input<'_>) {
+        self.on_data(ctx, conn, input.split().0)
+    }
 
     /// The peer closed its write side (EOF). Default: `ctx.close(conn)`.
     fn on_eof(&mut self, ctx: &mut Ctx<'_, Self::Mail>, conn: Conn) {

@@ -303,7 +303,7 @@ where
     };
     match backend {
         Backend::Epoll => serve(
-            EpollDriver::new(listeners, waker, scfg.buf_size),
+            EpollDriver::new(listeners, waker, &scfg),
             core,
             factory,
             ready,

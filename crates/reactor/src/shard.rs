@@ -16,6 +16,7 @@ use crate::conn::{st, Conn};
 use crate::core::Core;
 use crate::ctx::Ctx;
 use crate::handler::{CloseReason, Handler};
+use crate::lend::Input;
 use crate::mailbox::{Accepted, HANDOFF_CAPACITY};
 use crate::sys;
 use crate::timer::Payload;
@@ -46,6 +47,9 @@ pub(crate) trait Driver {
     fn next_deadline(&self) -> Option<Instant>;
     /// Shard is exiting: wait until the kernel holds no references to our memory.
     fn finish<H: Handler>(&mut self, sh: &mut Shard<H>) -> io::Result<()>;
+    /// Takes back lent receive buffers whose last `Bytes` is gone (see
+    /// `crate::lend`) and records how many are still out in the stats.
+    fn reclaim<H: Handler>(&mut self, sh: &mut Shard<H>);
 }
 
 pub(crate) struct Shard<H: Handler> {
@@ -101,7 +105,7 @@ impl<H: Handler> Shard<H> {
     }
 
     /// Received bytes (dropped if the handler no longer reads this connection).
-    pub fn data(&mut self, idx: u32, data: &mut [u8]) {
+    pub fn data(&mut self, idx: u32, data: Input<'_>) {
         let Some(e) = self.core.conns.get(idx as usize) else {
             return;
         };
@@ -110,7 +114,7 @@ impl<H: Handler> Shard<H> {
         }
         let conn = Conn { idx, gen: e.gen };
         let (h, mut ctx) = self.ctx();
-        h.on_data(&mut ctx, conn, data);
+        h.on_input(&mut ctx, conn, data);
     }
 
     /// The peer closed its write side. `on_eof` is delivered unless the
@@ -360,6 +364,8 @@ pub(crate) fn run<H: Handler, D: Driver>(sh: &mut Shard<H>, drv: &mut D) -> io::
 
         // ---- 6. outboxes ----
         sh.core.flush_outboxes();
+        // What this pass sent or dropped may have freed lent buffers.
+        drv.reclaim(sh);
         sh.core.publish_stats();
         if exit {
             break;

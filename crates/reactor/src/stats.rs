@@ -32,6 +32,9 @@ pub struct ShardStats {
     /// io_uring: provided buffers in circulation (starts at 64, doubles when
     /// ENOBUFS is frequent, up to `buf_count`).
     pub ring_buffers: u64,
+    /// Receive buffers lent out past `on_data` (see `Input::split`) and not
+    /// back yet; at most `max_lent_buffers`.
+    pub lent_buffers: u64,
     /// io_uring: completions the kernel had to hold in its overflow list
     /// (should stay 0: the CQ is sized for the worst case).
     pub cq_overflow: u64,
@@ -56,6 +59,7 @@ pub(crate) struct StatsCell {
     pub cq_overflow: AtomicU64,
     pub partial_writes: AtomicU64,
     pub ring_buffers: AtomicU64,
+    pub lent_buffers: AtomicU64,
     pub outbox_pending: AtomicU64,
     pub loops: AtomicU64,
     pub exited: AtomicU64,
@@ -73,6 +77,7 @@ impl StatsCell {
         self.cq_overflow.store(s.cq_overflow, Relaxed);
         self.partial_writes.store(s.partial_writes, Relaxed);
         self.ring_buffers.store(s.ring_buffers, Relaxed);
+        self.lent_buffers.store(s.lent_buffers, Relaxed);
         self.outbox_pending.store(s.outbox_pending, Relaxed);
         self.loops.store(s.loops, Relaxed);
         self.exited.store(s.exited as u64, Relaxed);
@@ -90,6 +95,7 @@ impl StatsCell {
             cq_overflow: self.cq_overflow.load(Relaxed),
             partial_writes: self.partial_writes.load(Relaxed),
             ring_buffers: self.ring_buffers.load(Relaxed),
+            lent_buffers: self.lent_buffers.load(Relaxed),
             outbox_pending: self.outbox_pending.load(Relaxed),
             loops: self.loops.load(Relaxed),
             exited: self.exited.load(Relaxed) != 0,

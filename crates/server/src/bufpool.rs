@@ -27,7 +27,7 @@ use std::cell::RefCell;
 
 use bytes::Bytes;
 use ringcast_codec::{
-    encode_header, server_frame, server_frame_into, server_frame_len, BufferPool, OpCode,
+    encode_header, server_frame, server_frame_into, server_frame_len, BufferPool, Lend, OpCode,
     MAX_HEADER_LEN,
 };
 
@@ -201,9 +201,34 @@ impl BufferPool for ShardPool {
     }
 
     fn seal(&mut self, frame: Vec<u8>) -> Bytes {
-        let frame = Bytes::from_owner(Recycled(frame));
-        let _ = LENT.try_with(|l| *l.borrow_mut() = Some(frame.clone()));
-        frame
+        keep_lent(Bytes::from_owner(Recycled(frame)))
+    }
+}
+
+/// Makes `frame` the one a [`frame`] of its payload returns until
+/// [`end_message`].
+fn keep_lent(frame: Bytes) -> Bytes {
+    let _ = LENT.try_with(|l| *l.borrow_mut() = Some(frame.clone()));
+    frame
+}
+
+/// The decoder's view of the reactor's receive buffer: large messages that
+/// lie whole in it are lent from it as their server frame (see
+/// `ringcast_codec::Lend`), so echoing or relaying them copies nothing.
+/// Small ones are not: a few bytes would keep a whole receive buffer out of
+/// use for as long as they are queued.
+pub(crate) struct Received<'a>(pub Option<ringcast_reactor::Lender<'a>>);
+
+impl<'a> Lend<'a> for Received<'a> {
+    fn wants(&self, frame_len: usize) -> bool {
+        self.0.is_some() && class_for_request(frame_len).is_some()
+    }
+
+    fn lend(&mut self, frame: &'a mut [u8]) -> Result<Bytes, &'a mut [u8]> {
+        match &self.0 {
+            Some(l) => l.lend(frame).map(keep_lent),
+            None => Err(frame),
+        }
     }
 }
 

@@ -175,6 +175,13 @@ fn parse_buf_count(s: &str) -> Result<u16, String> {
     }
 }
 
+fn parse_lent_buffers(s: &str) -> Result<u16, String> {
+    match parse_count(s)? {
+        n @ 0..=32768 => Ok(n as u16),
+        _ => Err("must be in 0..=32768".into()),
+    }
+}
+
 fn parse_buf_size(s: &str) -> Result<u32, String> {
     let n = parse_size(s)?;
     if !(512..=(16 << 20)).contains(&n) {
@@ -479,6 +486,8 @@ settings! {
     buffer_pool: usize = 8 << 20, parse_size, "SIZE";
     /// io_uring provided receive buffers per shard, at most (the ring starts at 64 and grows when it runs dry) [default: 1024].
     buf_count: u16 = 1024, parse_buf_count, "N";
+    /// Receive buffers per shard that large messages may be lent from until they are sent (echo and relay without a copy); 0 = always copy [default: 256].
+    max_lent_buffers: u16 = 256, parse_lent_buffers, "N";
     /// io_uring submission queue entries per shard [default: 4096].
     ring_entries: u32 = 4096, parse_u32, "N";
     /// Messages each shard's inbound mailbox holds before senders queue locally [default: 65536].

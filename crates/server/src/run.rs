@@ -71,6 +71,7 @@ fn reactor_config(
         ring_entries: s.ring_entries,
         buf_count: s.buf_count,
         buf_size: s.buf_size,
+        max_lent_buffers: s.max_lent_buffers,
         // The server applies max-backpressure itself, before queueing.
         max_write_queue: s.max_backpressure,
         mailbox_capacity: s.mailbox_capacity,

@@ -13,7 +13,7 @@
 //! Everything here runs on the shard's own thread; other shards are reached
 //! only through [`Mail`].
 
-use crate::bufpool::ShardPool;
+use crate::bufpool::{Received, ShardPool};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, SocketAddr};
@@ -27,7 +27,7 @@ use ringcast_codec::{
     codes, error_response, is_valid_wire_code, pong_frame, response_101, server_frame, CloseState,
     Decoder, DecoderConfig, OpCode, Request, RequestParser, Role,
 };
-use ringcast_reactor::{CloseReason, Conn, TimerId};
+use ringcast_reactor::{CloseReason, Conn, Input, TimerId};
 
 use crate::api::{Ctx, Frame, Handlers, Message, Response};
 use crate::backplane::{Backplane, SendError};
@@ -726,16 +726,23 @@ impl<D: Default + 'static> Core<D> {
         }
     }
 
-    pub(crate) fn data(&mut self, app: &Handlers<D>, io: &mut dyn Io, conn: Conn, data: &mut [u8]) {
+    pub(crate) fn data(
+        &mut self,
+        app: &Handlers<D>,
+        io: &mut dyn Io,
+        conn: Conn,
+        input: Input<'_>,
+    ) {
         let slot = conn.index() as u32;
         let Some(c) = self.table.get_mut(slot) else {
             return;
         };
         match c.phase {
-            Phase::Handshake => self.handshake_data(app, io, slot, data),
+            Phase::Handshake => self.handshake_data(app, io, slot, &input),
             Phase::Open => {
                 c.last_seen = io.now();
-                self.decode(app, io, slot, data);
+                let (data, lender) = input.split();
+                self.decode(app, io, slot, data, Received(lender));
             }
             // Answered or failed: input is discarded.
             Phase::Failed | Phase::Done | Phase::Closed => {}
@@ -966,17 +973,24 @@ impl<D: Default + 'static> Core<D> {
         }
         if !rest.is_empty() {
             let mut rest = rest;
-            self.decode(app, io, slot, &mut rest);
+            self.decode(app, io, slot, &mut rest, Received(None));
         }
     }
 
     // -------------------------------------------------------------- frames
 
-    fn decode(&mut self, app: &Handlers<D>, io: &mut dyn Io, slot: u32, data: &mut [u8]) {
+    fn decode<'a>(
+        &mut self,
+        app: &Handlers<D>,
+        io: &mut dyn Io,
+        slot: u32,
+        data: &'a mut [u8],
+        mut lend: Received<'a>,
+    ) {
         let Some(mut decoder) = self.table.get_mut(slot).and_then(|c| c.decoder.take()) else {
             return;
         };
-        let r = decoder.decode(data, |msg| self.frame(app, io, slot, msg));
+        let r = decoder.decode_lent(data, &mut lend, |msg| self.frame(app, io, slot, msg));
         crate::bufpool::end_message();
         match r {
             Ok(()) => {
@@ -1263,7 +1277,11 @@ impl<D: Default + 'static> ringcast_reactor::Handler for Shard<D> {
     }
 
     fn on_data(&mut self, ctx: &mut RCtx<'_>, conn: Conn, data: &mut [u8]) {
-        self.core.data(&self.app, ctx, conn, data);
+        self.core.data(&self.app, ctx, conn, Input::plain(data));
+    }
+
+    fn on_input(&mut self, ctx: &mut RCtx<'_>, conn: Conn, input: Input<'_>) {
+        self.core.data(&self.app, ctx, conn, input);
     }
 
     fn on_eof(&mut self, ctx: &mut RCtx<'_>, conn: Conn) {

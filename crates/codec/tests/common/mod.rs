@@ -7,8 +7,8 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use ringcast_codec::{
-    encode_client_frame, encode_header, BufferPool, Decoder, DecoderConfig, Message, OpCode,
-    ProtocolError, Role, MAX_HEADER_LEN,
+    encode_client_frame, encode_header, BufferPool, Decoder, DecoderConfig, Lend, Message, NoLend,
+    OpCode, ProtocolError, Role, MAX_HEADER_LEN,
 };
 
 /// An owned copy of a [`Message`], so tests can collect and compare.
@@ -100,14 +100,47 @@ pub fn decode_frames(frames: &[Bytes]) -> Vec<Owned> {
         .collect()
 }
 
+/// A lender that keeps (a copy of) every frame of at least `min` bytes it
+/// is offered, or gives each back when `decline`. Checks that the frame it
+/// is offered is already the server frame of the message handed out.
+#[derive(Debug, Clone, Default)]
+pub struct CopyLend {
+    pub min: usize,
+    pub decline: bool,
+    pub lent: Rc<RefCell<Vec<Bytes>>>,
+}
+
+impl<'a> Lend<'a> for CopyLend {
+    fn wants(&self, frame_len: usize) -> bool {
+        frame_len >= self.min
+    }
+    fn lend(&mut self, frame: &'a mut [u8]) -> Result<Bytes, &'a mut [u8]> {
+        if self.decline {
+            return Err(frame);
+        }
+        let kept = Bytes::copy_from_slice(frame);
+        self.lent.borrow_mut().push(kept.clone());
+        Ok(kept)
+    }
+}
+
 /// Feeds `bytes` as one chunk and collects what comes out.
 pub fn feed<P: BufferPool>(
     dec: &mut Decoder<P>,
     bytes: &[u8],
 ) -> (Vec<Owned>, Result<(), ProtocolError>) {
+    feed_lent(dec, bytes, &mut NoLend)
+}
+
+/// [`feed`] through a lender.
+pub fn feed_lent<P: BufferPool, L: for<'a> Lend<'a>>(
+    dec: &mut Decoder<P>,
+    bytes: &[u8],
+    lend: &mut L,
+) -> (Vec<Owned>, Result<(), ProtocolError>) {
     let mut chunk = bytes.to_vec();
     let mut out = Vec::new();
-    let r = dec.decode(&mut chunk, |m| {
+    let r = dec.decode_lent(&mut chunk, lend, |m| {
         out.push(Owned::from(m));
         ControlFlow::Continue(())
     });

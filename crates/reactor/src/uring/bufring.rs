@@ -14,41 +14,24 @@
 //! buffers are anonymous `mmap`s: page aligned (the kernel requires it for
 //! the ring) and only backed by RAM once touched.
 
+use crate::lend::{map_anon, Region};
 use io_uring::types::BufRingEntry;
 use io_uring::Submitter;
 use std::io;
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
 
 pub(crate) struct BufRing {
     ring: *mut BufRingEntry,
     ring_bytes: usize,
     entries: u16,
     tail: u16,
-    bufs: *mut u8,
-    bufs_bytes: usize,
-    buf_size: u32,
+    /// The buffers, which lent parts may keep mapped past this ring.
+    bufs: Arc<Region>,
     count: u16,
     /// Buffers handed to the kernel so far (`0..provided` circulate).
     provided: u16,
     bgid: u16,
-}
-
-fn map(bytes: usize) -> io::Result<*mut u8> {
-    // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            bytes,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(p.cast())
 }
 
 impl BufRing {
@@ -57,9 +40,8 @@ impl BufRing {
         assert!(count > 0);
         let entries = count.next_power_of_two();
         let ring_bytes = entries as usize * std::mem::size_of::<BufRingEntry>();
-        let bufs_bytes = count as usize * buf_size as usize;
-        let ring = map(ring_bytes)?;
-        let bufs = match map(bufs_bytes) {
+        let ring = map_anon(ring_bytes)?;
+        let bufs = match Region::new(count, buf_size) {
             Ok(b) => b,
             Err(e) => {
                 // SAFETY: `ring` was mapped just above with this length and is unused.
@@ -73,8 +55,6 @@ impl BufRing {
             entries,
             tail: 0,
             bufs,
-            bufs_bytes,
-            buf_size,
             count,
             provided: 0,
             bgid,
@@ -126,11 +106,8 @@ impl BufRing {
         // written; entry 0's reserved field (the tail) is left alone.
         let e = unsafe { &mut *self.ring.add(slot) };
         // bid < count, so this address lies inside `bufs`.
-        e.set_addr(
-            self.bufs
-                .wrapping_add(bid as usize * self.buf_size as usize) as u64,
-        );
-        e.set_len(self.buf_size);
+        e.set_addr(self.bufs.addr(bid) as u64);
+        e.set_len(self.bufs.size() as u32);
         e.set_bid(bid);
         self.tail = self.tail.wrapping_add(1);
     }
@@ -146,24 +123,24 @@ impl BufRing {
         }
     }
 
-    /// The received bytes of buffer `bid` (from a CQE).
-    ///
-    /// Takes `&mut self`, so no two buffers are borrowed at once; each CQE's
-    /// data is handed to the handler and recycled before the next.
-    pub fn data(&mut self, bid: u16, len: usize) -> &mut [u8] {
-        assert!(
-            bid < self.count && len <= self.buf_size as usize,
-            "bad buffer id/len from kernel"
-        );
-        // SAFETY: the kernel reported `bid` in a completion, which hands the
-        // buffer back to us: it will not touch it again until we `recycle`
-        // it. The range is inside the mapping (checked above).
-        unsafe {
-            std::slice::from_raw_parts_mut(
-                self.bufs.add(bid as usize * self.buf_size as usize),
-                len,
-            )
+    /// The buffers, for handing received data to the handler (see
+    /// [`Region::hold`]): a buffer the kernel reported in a CQE is ours until
+    /// we `recycle` it.
+    pub fn region(&self) -> &Arc<Region> {
+        &self.bufs
+    }
+
+    /// Gives back every buffer whose lent parts are all gone; returns how many.
+    pub fn recycle_returned(&mut self) -> u16 {
+        if !self.bufs.has_returned() {
+            return 0;
         }
+        let bufs = Arc::clone(&self.bufs);
+        let n = bufs.drain(|bid| self.push(bid));
+        if n > 0 {
+            self.publish();
+        }
+        n as u16
     }
 
     /// Give buffer `bid` back to the kernel.
@@ -177,13 +154,11 @@ impl BufRing {
 
 impl Drop for BufRing {
     fn drop(&mut self) {
-        // SAFETY: both regions were mapped in `new` with these lengths. The
-        // owner guarantees the kernel no longer uses them: every recv that
-        // could pick a buffer has completed and the group was unregistered
-        // (or, if that could not be established, the owner leaks us instead).
-        unsafe {
-            libc::munmap(self.ring.cast(), self.ring_bytes);
-            libc::munmap(self.bufs.cast(), self.bufs_bytes);
-        }
+        // SAFETY: the ring was mapped in `new` with this length. The owner
+        // guarantees the kernel no longer uses it: every recv that could pick
+        // a buffer has completed and the group was unregistered (or, if that
+        // could not be established, the owner leaks us instead). The buffers
+        // go with the region's last reference.
+        unsafe { libc::munmap(self.ring.cast(), self.ring_bytes) };
     }
 }

@@ -14,7 +14,8 @@
 //!   that accounting misses (`STARVED_RETRY`). Data that arrives
 //!   meanwhile waits in the socket, so nothing is lost or reordered: one
 //!   connection's CQEs arrive in order and a new recv is only armed after the
-//!   previous one has ended;
+//!   previous one has ended. A buffer the handler lent from (`Input::split`) goes back to the ring
+//!   only when its last lent `Bytes` is dropped (see `crate::lend`);
 //! * **sendmsg** with up to 64 iovecs from the output queue, at most one in
 //!   flight per connection; short writes put the rest back at the queue front;
 //! * **async cancel** (by user_data, one per armed recv or send) when a
@@ -39,6 +40,7 @@ use self::token::{decode, encode, Kind};
 use crate::config::ShardConfig;
 use crate::conn::st;
 use crate::handler::{CloseReason, Handler};
+use crate::lend::Input;
 use crate::listener::Listener;
 use crate::mailbox::Accepted;
 use crate::shard::{Driver, Shard};
@@ -120,6 +122,10 @@ pub(crate) struct UringDriver {
     enobufs_since_growth: u64,
     uses_since_growth: u64,
     cq_full: bool,
+    /// Buffers lent past `on_data` and not back yet, and the most allowed
+    /// (also never more than half of those circulating).
+    lent: u16,
+    max_lent: u16,
 }
 
 impl UringDriver {
@@ -167,6 +173,8 @@ impl UringDriver {
             enobufs_since_growth: 0,
             uses_since_growth: 0,
             cq_full: false,
+            lent: 0,
+            max_lent: cfg.max_lent_buffers,
         };
         d.bufs
             .register(&d.ring.submitter(), INITIAL_BUFFERS)
@@ -437,12 +445,32 @@ impl UringDriver {
         }
         if res > 0 {
             if let Some(b) = bid {
+                let mut back = true;
                 if sh.wants_data(idx) {
-                    let data = self.bufs.data(b, res as usize);
-                    sh.data(idx, data);
+                    let region = self.bufs.region();
+                    // SAFETY: the CQE hands buffer `b` back to us: the kernel
+                    // will not touch it before we recycle it, and nothing is
+                    // lent from it (lent buffers are recycled only once
+                    // returned, through `take_returned`).
+                    let data = unsafe { region.hold(b, res as usize) };
+                    // At most half of the circulating buffers are lent, so
+                    // frames held by clients that stopped reading can never
+                    // starve the shard's receives.
+                    let cap = self.max_lent.min(self.bufs.provided() / 2);
+                    let input = if self.lent < cap {
+                        Input::lendable(data, region, b)
+                    } else {
+                        Input::plain(data)
+                    };
+                    sh.data(idx, input);
+                    back = region.release(b);
                 }
-                self.bufs.recycle(b);
-                self.recycled_now += 1;
+                if back {
+                    self.bufs.recycle(b);
+                    self.recycled_now += 1;
+                } else {
+                    self.lent += 1;
+                }
                 self.account_buffer_use();
             }
             if !more {
@@ -596,6 +624,8 @@ impl UringDriver {
             }
         }
         self.cqes = cqes;
+        // Frames sent while handling this batch may have freed their buffers.
+        self.reclaim(sh);
         self.rearm_starved(sh);
         self.recycled_prev = self.recycled_now;
         self.recycled_now = 0;
@@ -794,6 +824,13 @@ impl Driver for UringDriver {
 
     fn has_ready(&self) -> bool {
         self.cq_full
+    }
+
+    fn reclaim<H: Handler>(&mut self, sh: &mut Shard<H>) {
+        let n = self.bufs.recycle_returned();
+        self.lent -= n;
+        self.recycled_now += n as u64;
+        sh.core.stats.lent_buffers = self.lent as u64;
     }
 
     fn next_deadline(&self) -> Option<Instant> {
