@@ -1,15 +1,39 @@
 //! Frame parser fuzz target.
 //!
 //! Input: one config byte, one split byte, then the byte stream. The stream
-//! is decoded twice, as one chunk and cut into small chunks; both runs must
-//! give the same messages and the same error (chunking must not matter),
-//! and buffering must stay within the configured bounds.
+//! is decoded three times: as one chunk, cut into small chunks, and cut into
+//! small chunks through a lender that keeps every frame it is offered. All
+//! runs must give the same messages and the same error (neither chunking
+//! nor lending may matter), every lent frame must be the server frame of a
+//! message, and buffering must stay within the configured bounds.
 #![no_main]
 
+use std::cell::Cell;
 use std::ops::ControlFlow;
+use std::rc::Rc;
 
+use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use ringcast_codec::{is_valid_wire_code, Decoder, DecoderConfig, Message, ProtocolError, Role};
+use ringcast_codec::{
+    is_valid_wire_code, Decoder, DecoderConfig, Lend, Message, ProtocolError, Role,
+};
+
+/// Keeps (a copy of) every frame offered, when `on`.
+struct Keep {
+    on: bool,
+    last: Rc<Cell<Option<Bytes>>>,
+}
+
+impl<'a> Lend<'a> for Keep {
+    fn wants(&self, _frame_len: usize) -> bool {
+        self.on
+    }
+    fn lend(&mut self, frame: &'a mut [u8]) -> Result<Bytes, &'a mut [u8]> {
+        let kept = Bytes::copy_from_slice(frame);
+        self.last.set(Some(kept.clone()));
+        Ok(kept)
+    }
+}
 
 #[derive(Debug, PartialEq, Eq)]
 enum Owned {
@@ -20,8 +44,18 @@ enum Owned {
     Close(Option<(u16, String)>),
 }
 
-fn run(cfg: DecoderConfig, input: &[u8], split: u8) -> (Vec<Owned>, Option<ProtocolError>) {
+fn run(
+    cfg: DecoderConfig,
+    input: &[u8],
+    split: u8,
+    lend: bool,
+) -> (Vec<Owned>, Option<ProtocolError>) {
     let mut dec = Decoder::new(cfg);
+    let last = Rc::new(Cell::new(None));
+    let mut keep = Keep {
+        on: lend,
+        last: last.clone(),
+    };
     let mut out = Vec::new();
     let mut pos = 0;
     let mut step = 0usize;
@@ -36,7 +70,18 @@ fn run(cfg: DecoderConfig, input: &[u8], split: u8) -> (Vec<Owned>, Option<Proto
         let end = input.len().min(pos + n);
         let mut chunk = input[pos..end].to_vec();
         pos = end;
-        let r = dec.decode(&mut chunk, |m| {
+        let r = dec.decode_lent(&mut chunk, &mut keep, |m| {
+            if let (Some(f), Message::Text(_) | Message::Binary(_)) = (last.take(), m) {
+                let payload = match m {
+                    Message::Text(s) => s.as_bytes(),
+                    Message::Binary(b) => b,
+                    _ => unreachable!(),
+                };
+                let op = if matches!(m, Message::Text(_)) { 1 } else { 2 };
+                let header = ringcast_codec::server_frame_len(payload.len()) - payload.len();
+                assert_eq!(&f[header..], payload, "lent frame carries the message");
+                assert_eq!(f[0], 0x80 | op);
+            }
             out.push(match m {
                 Message::Text(s) => {
                     assert!(std::str::from_utf8(s.as_bytes()).is_ok());
@@ -96,7 +141,9 @@ fuzz_target!(|data: &[u8]| {
         },
         allow_rsv1: conf & 0x80 != 0,
     };
-    let whole = run(cfg, input, 0);
-    let pieces = run(cfg, input, split % 17);
+    let whole = run(cfg, input, 0, false);
+    let pieces = run(cfg, input, split % 17, false);
     assert_eq!(whole, pieces);
+    let lent = run(cfg, input, split % 17, true);
+    assert_eq!(whole, lent);
 });

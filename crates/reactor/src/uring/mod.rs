@@ -14,8 +14,9 @@
 //!   that accounting misses (`STARVED_RETRY`). Data that arrives
 //!   meanwhile waits in the socket, so nothing is lost or reordered: one
 //!   connection's CQEs arrive in order and a new recv is only armed after the
-//!   previous one has ended. A buffer the handler lent from (`Input::split`) goes back to the ring
-//!   only when its last lent `Bytes` is dropped (see `crate::lend`);
+//!   previous one has ended. A buffer the handler lent from
+//!   (`Input::split`) goes back to the ring only when its last lent `Bytes`
+//!   is dropped (see `crate::lend`);
 //! * **sendmsg** with up to 64 iovecs from the output queue, at most one in
 //!   flight per connection; short writes put the rest back at the queue front;
 //! * **async cancel** (by user_data, one per armed recv or send) when a
@@ -451,7 +452,7 @@ impl UringDriver {
                     // SAFETY: the CQE hands buffer `b` back to us: the kernel
                     // will not touch it before we recycle it, and nothing is
                     // lent from it (lent buffers are recycled only once
-                    // returned, through `take_returned`).
+                    // returned, through `reclaim`).
                     let data = unsafe { region.hold(b, res as usize) };
                     // At most half of the circulating buffers are lent, so
                     // frames held by clients that stopped reading can never
