@@ -15,13 +15,15 @@
 //! thread pushing through a `ServerHandle`) keep nothing. A frame freed on
 //! another shard (a broadcast) joins that shard's pool.
 //!
-//! The decoder also builds each large incoming message straight into a
-//! server frame (see `BufferPool::frame_buf`). While the app handles that
-//! message, the frame is kept here, and a [`frame`] of exactly those bytes
-//! (the echo route pushing the message back, `/broadcast` publishing it) is
-//! that frame, shared: no copy. Unmasking in place and copying the payload
-//! into a new frame afterwards were 10% and 11% of the server's CPU in the
-//! 16 KiB echo.
+//! The decoder also turns each large incoming message into a server frame:
+//! right in the reactor's receive buffer when it arrived whole and the
+//! reactor lends that buffer ([`Received`]), else in a pooled buffer (see
+//! `BufferPool::frame_buf`). While the app handles that message, the frame
+//! is kept here, and a [`frame`] of exactly those bytes (the echo route
+//! pushing the message back, `/broadcast` publishing it) is that frame,
+//! shared: no copy. Unmasking in place and copying the payload into a new
+//! frame afterwards were 10% and 11% of the server's CPU in the 16 KiB
+//! echo.
 
 use std::cell::RefCell;
 
