@@ -58,12 +58,11 @@ fn conn_token(idx: u32, gen: u64) -> u64 {
 pub(crate) struct EpollDriver {
     ep: Epoll,
     events: Vec<EpollEvent>,
-    /// Read buffers: `cur` is read into; the others are lent (`lent` of
-    /// them) or in `free`. See `crate::lend`.
+    /// Read buffers: `cur` is read into; the others are in `free` or lent.
+    /// See `crate::lend`.
     bufs: Arc<Region>,
     cur: u16,
     free: Vec<u16>,
-    lent: u16,
     listeners: Vec<Option<Listener>>,
     /// Listener taken out of the set after EMFILE, re-added at this time.
     accept_retry: Option<Instant>,
@@ -87,7 +86,6 @@ impl EpollDriver {
             bufs: Region::new(cfg.max_lent_buffers + 1, cfg.buf_size)?,
             cur: 0,
             free: (1..=cfg.max_lent_buffers).rev().collect(),
-            lent: 0,
             listeners: listeners.into_iter().map(Some).collect(),
             accept_retry: None,
             paused: Vec::new(),
@@ -205,7 +203,6 @@ impl EpollDriver {
 
     /// The read buffer was lent: read into a free one from now on.
     fn next_buffer<H: Handler>(&mut self, sh: &mut Shard<H>) {
-        self.lent += 1;
         self.reclaim(sh);
         // Lending is offered only while one is free (see `read`).
         self.cur = self.free.pop().expect("a free read buffer");
@@ -387,8 +384,9 @@ impl Driver for EpollDriver {
 
     fn reclaim<H: Handler>(&mut self, sh: &mut Shard<H>) {
         let free = &mut self.free;
-        self.lent -= self.bufs.drain(|bid| free.push(bid)) as u16;
-        sh.core.stats.lent_buffers = self.lent as u64;
+        self.bufs.drain(|bid| free.push(bid));
+        // Neither read into nor free: lent.
+        sh.core.stats.lent_buffers = (self.bufs.count() as usize - 1 - self.free.len()) as u64;
     }
 
     fn has_ready(&self) -> bool {

@@ -23,7 +23,6 @@
 
 use bytes::Bytes;
 use std::io;
-use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -84,6 +83,10 @@ impl Region {
                 .collect(),
             pending: AtomicU32::new(0),
         }))
+    }
+
+    pub fn count(&self) -> u16 {
+        self.refs.len() as u16
     }
 
     pub fn size(&self) -> usize {
@@ -235,24 +238,18 @@ impl<'a> Lender<'a> {
 pub struct Input<'a> {
     data: &'a mut [u8],
     lender: Option<Lender<'a>>,
-    _not_send: PhantomData<*const ()>,
 }
 
 impl<'a> Input<'a> {
     /// Input that cannot be lent (a copy, or a backend without lending).
     pub fn plain(data: &'a mut [u8]) -> Self {
-        Input {
-            data,
-            lender: None,
-            _not_send: PhantomData,
-        }
+        Input { data, lender: None }
     }
 
     pub(crate) fn lendable(data: &'a mut [u8], region: &'a Arc<Region>, bid: u16) -> Self {
         Input {
             data,
             lender: Some(Lender { region, bid }),
-            _not_send: PhantomData,
         }
     }
 
