@@ -117,8 +117,10 @@ impl<'a, M: Send + 'static> Ctx<'a, M> {
         self.core.live
     }
 
-    /// A stop was requested and this shard is draining.
+    /// A stop was requested: this shard is draining, or starts to at the
+    /// end of this loop pass. (Checking only the former let a request that
+    /// arrived in the same pass as the stop see "not draining".)
     pub fn is_draining(&self) -> bool {
-        self.core.draining
+        self.core.draining || self.core.shared.stop_requested()
     }
 }
