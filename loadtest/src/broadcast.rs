@@ -17,7 +17,7 @@ use hdrhistogram::Histogram;
 use ringcast_codec::{encode_client_frame, MaskGen, OpCode};
 
 use crate::clock::now_ns;
-use crate::engine::{CloseReason, Engine, Handler};
+use crate::engine::{CloseReason, Engine, Handler, Out};
 use crate::payload::{self, BCAST_HEAD, BCAST_SEQ_AT, BCAST_TIME_AT};
 use crate::run::{Counters, Load};
 use crate::stats::{self, Checks};
@@ -243,7 +243,7 @@ impl Broadcast {
         Self::patch(p, BCAST_TIME_AT, now, 16);
         let mut frame = std::mem::take(&mut p.frame);
         let id = p.id;
-        let sent = engine.send_with(id, self, |out| out.extend_from_slice(&frame));
+        let sent = engine.send_with(id, self, |out| out.push(&frame));
         let p = &mut self.pubs[k];
         std::mem::swap(&mut p.frame, &mut frame);
         if sent {
@@ -341,7 +341,7 @@ impl Broadcast {
 }
 
 impl Handler for Broadcast {
-    fn on_open(&mut self, out: &mut Vec<u8>, id: usize, _now: u64, _connect_ns: u64) -> bool {
+    fn on_open(&mut self, out: &mut Out, id: usize, _now: u64, _connect_ns: u64) -> bool {
         let subs = self.args.connections;
         let room = if id < subs {
             self.room_subs[self.sub_room[id]] += 1;
@@ -355,12 +355,12 @@ impl Handler for Broadcast {
         };
         if self.chat {
             let f = self.join_frame(id, room);
-            out.extend_from_slice(&f);
+            out.push(&f);
         }
         true
     }
 
-    fn on_message(&mut self, _out: &mut Vec<u8>, id: usize, data: &[u8], _text: bool, now: u64) {
+    fn on_message(&mut self, _out: &mut Out, id: usize, data: &[u8], _text: bool, now: u64) {
         if self.chat && !self.joined[id] {
             self.note_join(id, data);
         }

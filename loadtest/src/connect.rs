@@ -7,7 +7,7 @@
 use hdrhistogram::Histogram;
 
 use crate::clock::now_ns;
-use crate::engine::{ConnStats, Engine, Handler};
+use crate::engine::{ConnStats, Engine, Handler, Out};
 use crate::run::{finish_result, progress, Common, Cpus};
 use crate::stats::{self, Latency, RunResult, Window};
 use crate::sys;
@@ -29,12 +29,12 @@ struct Storm {
 }
 
 impl Handler for Storm {
-    fn on_open(&mut self, _out: &mut Vec<u8>, _id: usize, _now: u64, connect_ns: u64) -> bool {
+    fn on_open(&mut self, _out: &mut Out, _id: usize, _now: u64, connect_ns: u64) -> bool {
         stats::record(&mut self.hist, connect_ns);
         false
     }
 
-    fn on_message(&mut self, _out: &mut Vec<u8>, _id: usize, _data: &[u8], _text: bool, _now: u64) {
+    fn on_message(&mut self, _out: &mut Out, _id: usize, _data: &[u8], _text: bool, _now: u64) {
         self.unexpected += 1;
     }
 }

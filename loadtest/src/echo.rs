@@ -1,11 +1,13 @@
 //! `echo`: N connections, K messages in flight on each, every echo checked
 //! byte for byte and timed (round trip).
 
+use std::rc::Rc;
+
 use hdrhistogram::Histogram;
 use ringcast_codec::{encode_client_frame, MaskGen, OpCode};
 
 use crate::clock::now_ns;
-use crate::engine::{CloseReason, Engine, Handler};
+use crate::engine::{CloseReason, Engine, Handler, Out};
 use crate::payload::{self, ECHO_HEAD};
 use crate::run::{Counters, Load};
 use crate::stats::{self, Checks};
@@ -28,9 +30,16 @@ pub struct EchoArgs {
     pub binary: bool,
 }
 
+/// Payload bytes after the head from which the rest of a frame is queued by
+/// reference instead of copied (below it a copy is cheaper than a slice).
+const SHARE_FROM: usize = 1024;
+
 struct Conn {
-    /// The whole masked frame; only the head bytes change per message.
+    /// The masked frame up to the end of the head bytes, the only ones that
+    /// change per message; the whole frame when `body` is `None`.
     frame: Vec<u8>,
+    /// The rest of the masked frame, the same for every message.
+    body: Option<Rc<[u8]>>,
     payload_at: usize,
     mask: [u8; 4],
     sent: u64,
@@ -68,10 +77,11 @@ impl Echo {
         }
     }
 
-    /// Appends the next message of connection `id` to `out`: copy the
-    /// pre-masked frame, then patch the 20 head bytes (masked) in place.
+    /// Appends the next message of connection `id` to `out`: patch the 20
+    /// head bytes (masked) into the pre-masked frame, copy it and queue the
+    /// shared body after it.
     #[inline]
-    fn send_next(&mut self, id: usize, out: &mut Vec<u8>, now: u64) {
+    fn send_next(&mut self, id: usize, out: &mut Out, now: u64) {
         let Some(c) = self.conns[id].as_mut() else {
             return;
         };
@@ -80,14 +90,17 @@ impl Echo {
         for (i, b) in head[..n].iter().enumerate() {
             c.frame[c.payload_at + i] = b ^ c.mask[i & 3];
         }
-        out.extend_from_slice(&c.frame);
+        out.push(&c.frame);
+        if let Some(body) = &c.body {
+            out.push_shared(body);
+        }
         let slot = (c.sent % c.sent_at.len() as u64) as usize;
         c.sent_at[slot] = now;
         c.sent += 1;
         self.messages_out += 1;
     }
 
-    fn fill_window(&mut self, id: usize, out: &mut Vec<u8>, now: u64) {
+    fn fill_window(&mut self, id: usize, out: &mut Out, now: u64) {
         let k = self.args.in_flight as u64;
         while self.conns[id]
             .as_ref()
@@ -99,7 +112,7 @@ impl Echo {
 }
 
 impl Handler for Echo {
-    fn on_open(&mut self, out: &mut Vec<u8>, id: usize, now: u64, _connect_ns: u64) -> bool {
+    fn on_open(&mut self, out: &mut Out, id: usize, now: u64, _connect_ns: u64) -> bool {
         if self.conns.len() <= id {
             self.conns.resize_with(id + 1, || None);
         }
@@ -117,9 +130,17 @@ impl Handler for Echo {
             &payload::echo_payload(id, 0, &self.filler),
             mask,
         );
+        let payload_at = frame.len() - self.args.size;
+        let head_end = payload_at + self.args.size.min(ECHO_HEAD);
+        let body = (frame.len() - head_end >= SHARE_FROM).then(|| {
+            let body = Rc::from(&frame[head_end..]);
+            frame.truncate(head_end);
+            body
+        });
         self.conns[id] = Some(Conn {
-            payload_at: frame.len() - self.args.size,
+            payload_at,
             frame,
+            body,
             mask,
             sent: 0,
             received: 0,
@@ -131,7 +152,7 @@ impl Handler for Echo {
         true
     }
 
-    fn on_message(&mut self, out: &mut Vec<u8>, id: usize, data: &[u8], text: bool, now: u64) {
+    fn on_message(&mut self, out: &mut Out, id: usize, data: &[u8], text: bool, now: u64) {
         let Some(c) = self.conns.get_mut(id).and_then(Option::as_mut) else {
             self.checks.unexpected += 1;
             return;
@@ -182,9 +203,9 @@ impl Load for Echo {
         for id in 0..engine.len() {
             if self.conns.get(id).is_some_and(Option::is_some) {
                 // Borrow juggling: the engine owns the buffer, we own the frames.
-                let mut batch = Vec::new();
+                let mut batch = Out::default();
                 self.fill_window(id, &mut batch, now);
-                engine.send_with(id, self, |out| out.extend_from_slice(&batch));
+                engine.send_with(id, self, |out| out.append(batch));
             }
         }
     }

@@ -3,11 +3,12 @@
 //!
 //! Each connection goes Connecting → Handshaking → Open → Closing → Closed.
 //! Reads land in one buffer shared by all connections and are decoded in
-//! place by the codec (zero-copy for whole frames); writes go out from a
-//! per-connection buffer that keeps its capacity, so a steady load allocates
-//! nothing. A scenario plugs in through [`Handler`].
+//! place by the codec (zero-copy for whole frames); writes go out with
+//! `writev` from a per-connection [`Out`] queue that keeps its capacity and
+//! holds large repeated bodies by reference, so a steady load allocates and
+//! copies nothing. A scenario plugs in through [`Handler`].
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::ops::{AddAssign, ControlFlow};
 use std::os::fd::AsRawFd;
@@ -15,16 +16,17 @@ use std::os::fd::AsRawFd;
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
-use ringcast_codec::{
-    encode_client_frame, ClientHandshake, Decoder, DecoderConfig, MaskGen, Message, OpCode, Role,
-};
+use ringcast_codec::{ClientHandshake, Decoder, DecoderConfig, MaskGen, Message, OpCode, Role};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::now_ns;
+pub use crate::out::Out;
 use crate::target::Target;
 
 /// Size of the shared read buffer: a few 16 KiB frames per read call.
 const READ_BUF: usize = 256 * 1024;
+/// Slices per `writev`.
+const MAX_IOV: usize = 64;
 /// How long a close handshake may take before the socket is just dropped.
 const CLOSE_GRACE_NS: u64 = 1_000_000_000;
 
@@ -119,14 +121,14 @@ impl AddAssign for ConnStats {
     }
 }
 
-/// A scenario's side of the loop. `out` is the connection's send buffer:
+/// A scenario's side of the loop. `out` is the connection's send queue:
 /// append whole frames to it and the engine writes them after the callback.
 pub trait Handler {
     /// The upgrade completed after `connect_ns` nanoseconds. Return false to
     /// close the connection right away (connect storm).
-    fn on_open(&mut self, out: &mut Vec<u8>, id: usize, now: u64, connect_ns: u64) -> bool;
+    fn on_open(&mut self, out: &mut Out, id: usize, now: u64, connect_ns: u64) -> bool;
     /// A complete text (`text == true`) or binary message arrived.
-    fn on_message(&mut self, out: &mut Vec<u8>, id: usize, data: &[u8], text: bool, now: u64);
+    fn on_message(&mut self, out: &mut Out, id: usize, data: &[u8], text: bool, now: u64);
     /// The connection ended; `was_open` says whether its upgrade had completed.
     fn on_close(&mut self, _id: usize, _reason: CloseReason, _was_open: bool, _now: u64) {}
 }
@@ -136,8 +138,7 @@ struct Conn {
     phase: Phase,
     handshake: Option<Box<ClientHandshake>>,
     decoder: Option<Box<Decoder>>,
-    out: Vec<u8>,
-    out_pos: usize,
+    out: Out,
     started_ns: u64,
     deadline_ns: u64,
 }
@@ -242,8 +243,7 @@ impl Engine {
             phase: Phase::Connecting,
             handshake: None,
             decoder: None,
-            out: Vec::new(),
-            out_pos: 0,
+            out: Out::default(),
             started_ns: now,
             deadline_ns: now + self.cfg.connect_timeout_ns,
         });
@@ -342,7 +342,7 @@ impl Engine {
         key[8..].copy_from_slice(&self.masks.next_u64().to_ne_bytes());
         let hs = ClientHandshake::new(&self.cfg.target.host, &self.cfg.target.path, key, &[]);
         let conn = &mut self.conns[id];
-        conn.out.extend_from_slice(hs.request());
+        conn.out.push(hs.request());
         conn.handshake = Some(Box::new(hs));
         conn.phase = Phase::Handshaking;
         self.flush(id, h);
@@ -402,8 +402,7 @@ impl Engine {
                     start = used;
                     conn.handshake = None;
                     // The request is sent; its buffer is not needed any more.
-                    conn.out = Vec::new();
-                    conn.out_pos = 0;
+                    conn.out = Out::default();
                     conn.decoder = Some(Box::new(Decoder::new(self.decoder_cfg)));
                     conn.phase = Phase::Open;
                     self.pending -= 1;
@@ -440,9 +439,7 @@ impl Engine {
             match msg {
                 Message::Text(t) => h.on_message(out, id, t.as_bytes(), true, now),
                 Message::Binary(b) => h.on_message(out, id, b, false, now),
-                Message::Ping(p) => {
-                    encode_client_frame(out, true, OpCode::Pong, p, masks.next_mask())
-                }
+                Message::Ping(p) => out.frame(OpCode::Pong, p, masks.next_mask()),
                 Message::Pong(_) => {}
                 Message::Close(_) => peer_close = true,
             }
@@ -452,7 +449,7 @@ impl Engine {
             stats.protocol_errors += 1;
             let mut payload = [0u8; 2];
             payload.copy_from_slice(&e.code.to_be_bytes());
-            encode_client_frame(out, true, OpCode::Close, &payload, masks.next_mask());
+            out.frame(OpCode::Close, &payload, masks.next_mask());
             self.flush(id, h);
             self.finish(id, CloseReason::Protocol, h);
             return;
@@ -473,17 +470,12 @@ impl Engine {
 
     fn send_close(&mut self, id: usize) {
         let mask = self.masks.next_mask();
-        let conn = &mut self.conns[id];
-        encode_client_frame(
-            &mut conn.out,
-            true,
-            OpCode::Close,
-            &1000u16.to_be_bytes(),
-            mask,
-        );
+        self.conns[id]
+            .out
+            .frame(OpCode::Close, &1000u16.to_be_bytes(), mask);
     }
 
-    /// Writes as much of the connection's buffer as the socket takes. The
+    /// Writes as much of the connection's queue as the socket takes. The
     /// rest goes out on the next EPOLLOUT edge.
     fn flush(&mut self, id: usize, h: &mut impl Handler) {
         let conn = &mut self.conns[id];
@@ -493,10 +485,12 @@ impl Engine {
         if conn.phase == Phase::Connecting {
             return;
         }
-        while conn.out_pos < conn.out.len() {
-            match stream.write(&conn.out[conn.out_pos..]) {
+        while conn.out.unsent() > 0 {
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let k = conn.out.io_slices(&mut iov);
+            match stream.write_vectored(&iov[..k]) {
                 Ok(n) => {
-                    conn.out_pos += n;
+                    conn.out.advance(n);
                     self.stats.bytes_out += n as u64;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -507,18 +501,11 @@ impl Engine {
                 }
             }
         }
-        conn.out.clear();
-        conn.out_pos = 0;
     }
 
-    /// Lets `f` append frames to an open connection's buffer, then writes.
+    /// Lets `f` append frames to an open connection's queue, then writes.
     /// Returns false (and does nothing) if the connection is not open.
-    pub fn send_with(
-        &mut self,
-        id: usize,
-        h: &mut impl Handler,
-        f: impl FnOnce(&mut Vec<u8>),
-    ) -> bool {
+    pub fn send_with(&mut self, id: usize, h: &mut impl Handler, f: impl FnOnce(&mut Out)) -> bool {
         if self.conns[id].phase != Phase::Open {
             return false;
         }
@@ -529,8 +516,7 @@ impl Engine {
 
     /// Bytes queued but not yet accepted by the socket.
     pub fn unsent(&self, id: usize) -> usize {
-        let c = &self.conns[id];
-        c.out.len() - c.out_pos
+        self.conns[id].out.unsent()
     }
 
     /// Starts a close handshake (open connections) or abandons a connection
@@ -588,8 +574,7 @@ impl Engine {
         conn.stream = None;
         conn.handshake = None;
         conn.decoder = None;
-        conn.out = Vec::new();
-        conn.out_pos = 0;
+        conn.out = Out::default();
         conn.phase = Phase::Closed;
         match was {
             Phase::Connecting | Phase::Handshaking => {

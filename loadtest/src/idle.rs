@@ -12,7 +12,7 @@ use std::time::Duration;
 use indicatif::ProgressBar;
 
 use crate::clock::{now_ns, secs_to_ns};
-use crate::engine::{ConnStats, Engine, Handler};
+use crate::engine::{ConnStats, Engine, Handler, Out};
 use crate::run::{finish_result, open_connections, progress, Common};
 use crate::stats::{self, RunResult, ServerInfo, Window};
 use crate::sys;
@@ -41,11 +41,11 @@ struct Quiet {
 }
 
 impl Handler for Quiet {
-    fn on_open(&mut self, _out: &mut Vec<u8>, _id: usize, _now: u64, _connect_ns: u64) -> bool {
+    fn on_open(&mut self, _out: &mut Out, _id: usize, _now: u64, _connect_ns: u64) -> bool {
         true
     }
 
-    fn on_message(&mut self, _out: &mut Vec<u8>, _id: usize, _data: &[u8], _text: bool, _now: u64) {
+    fn on_message(&mut self, _out: &mut Out, _id: usize, _data: &[u8], _text: bool, _now: u64) {
         self.unexpected += 1;
     }
 }

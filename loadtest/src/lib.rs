@@ -16,6 +16,7 @@ pub mod echo;
 pub mod engine;
 pub mod flame;
 pub mod idle;
+pub mod out;
 pub mod payload;
 pub mod report;
 pub mod run;
