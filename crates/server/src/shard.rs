@@ -171,7 +171,9 @@ pub(crate) struct Connection<D> {
     parser: Option<Box<RequestParser>>,
     /// Any request bytes arrived (a silent socket is closed at once on drain).
     got_bytes: bool,
-    decoder: Option<Decoder<ShardPool>>,
+    /// Boxed: decoding takes it out of the table and puts it back for every
+    /// read, and the decoder is a few hundred bytes.
+    decoder: Option<Box<Decoder<ShardPool>>>,
     close: CloseState,
     /// The close code and reason we sent / the peer sent.
     sent_close: Option<(u16, Box<str>)>,
@@ -949,14 +951,14 @@ impl<D: Default + 'static> Core<D> {
         io.send(c.conn, response_101(&key, None).into());
         c.phase = Phase::Open;
         c.deadline = None;
-        c.decoder = Some(Decoder::with_pool(
+        c.decoder = Some(Box::new(Decoder::with_pool(
             DecoderConfig {
                 role: Role::Server,
                 max_message_size: s.max_message_size,
                 allow_rsv1: false,
             },
             ShardPool,
-        ));
+        )));
         c.data = Some(D::default());
         c.last_seen = now;
         c.next_ping = now + s.ping_interval;
