@@ -142,11 +142,14 @@ fn run_echo(port: u16, binary: bool, size: usize) -> RunResult {
 #[test]
 fn echo_passes_against_a_correct_server() {
     let port = echo_server(0);
-    for (binary, size) in [(false, 20), (true, 3000)] {
+    // 3000 B and 1 MB queue the frame body by reference. 4 × 1 MB queued at
+    // once is more than the socket takes in one `writev` (seen with strace:
+    // 3,866,624 of 4,000,056 bytes), so the next one starts inside a body.
+    for (binary, size, at_least) in [(false, 20, 100), (true, 3000, 100), (true, 1_000_000, 8)] {
         let r = run_echo(port, binary, size);
         assert!(r.ok, "{}", r.summary_line());
         assert_eq!(r.checks.mismatches, 0);
-        assert!(r.checks.verified > 100, "{:?}", r.checks);
+        assert!(r.checks.verified >= at_least, "{:?}", r.checks);
         assert_eq!(r.windows.len(), 2);
         assert!(r.summary.msgs_per_sec > 0.0);
         assert!(r.summary.latency.count > 0);
