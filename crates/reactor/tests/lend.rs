@@ -144,11 +144,21 @@ both_backends!(lent_buffers_come_back);
 /// the buffers circulating, so other connections keep receiving; with epoll
 /// at `max_lent_buffers`, after which reads go on in the remaining buffer.
 fn a_client_that_never_reads_cannot_starve_receives(backend: BackendChoice) {
+    // The server's socket to the hog absorbs up to tcp_wmem's maximum (here
+    // 2.8 MB of 1 KiB writes on loopback, with the hog reading nothing), so
+    // the hog sends twice that and more: the rest is sure to stay queued,
+    // pinning the buffers lent from it. It sent 2 MiB before, which the
+    // socket could take whole: the wait below then never ended.
+    let wmem_max = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(2)?.parse::<usize>().ok())
+        .unwrap_or(4 << 20);
+    let hog_kib = (2 * wmem_max + (1 << 20)) / 1024;
     let c = Config {
         buf_count: 8,
         buf_size: 1024,
         max_lent_buffers: 100,
-        max_write_queue: 64 << 20,
+        max_write_queue: 4 * hog_kib * 1024,
         ..cfg(backend, 1)
     };
     let (r, ev, t) = start_lending(c);
@@ -157,9 +167,9 @@ fn a_client_that_never_reads_cannot_starve_receives(backend: BackendChoice) {
     let hog = connect_small_rcvbuf(addr, 4096);
     let mut w = hog.try_clone().unwrap();
     let hog_writer = std::thread::spawn(move || {
-        // 2 MiB: far more than the 8 KiB of buffers, all echoed into a queue
-        // the hog never reads.
-        for _ in 0..2048 {
+        // Bounded: an endless flood over 8 small buffers would starve the
+        // other client for as long as it lasts (multishot fairness).
+        for _ in 0..hog_kib {
             w.write_all(&[0x55u8; 1024]).unwrap();
         }
     });
