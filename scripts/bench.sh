@@ -11,7 +11,7 @@
 #  4. docs/benchmarks/latest.md + SVG charts, and the summary on stdout.
 #
 # Knobs (environment): SERVER_CPU, GEN_CPU, BENCH_DURATION (s per window),
-# BENCH_REPEAT (windows), BENCH_WARMUP (s), BENCH_PORT, CRITERION_ARGS,
+# BENCH_REPEAT (rounds), BENCH_WARMUP (s), BENCH_PORT, CRITERION_ARGS,
 # BENCH_SKIP_CRITERION=1, BENCH_SERVERS (space-separated subset of labels),
 # BENCH_REPORT_ONLY=1 (rewrite latest.md and charts from the last results).
 set -euo pipefail
@@ -136,24 +136,27 @@ else
     stop_server
   }
 
-  TIMING=(--duration "$DURATION" --repeat "$REPEAT" --warmup "$WARMUP")
-  # Case by case, every server in turn: the machine's speed drifts over
-  # minutes (other tenants), so each comparison is made within about a
-  # minute rather than across the whole matrix.
+  TIMING=(--duration "$DURATION" --repeat 1 --warmup "$WARMUP")
+  # Case by case, and within a case in rounds: each round runs every server
+  # once, for one window. The machine's speed drifts over minutes (other
+  # tenants), so a slow minute is spread over all servers instead of landing
+  # on one; `report` takes the medians over the rounds.
   run_all() {
-    local case=$1
-    shift
-    log "$case: $SERVERS (server on CPU $SERVER_CPU, generator on CPU $GEN_CPU)"
-    for label in $SERVERS; do
-      run_case "$case" "$label" "$@"
+    local case=$1 rounds=$2
+    shift 2
+    log "$case: $rounds round(s) of $SERVERS (server on CPU $SERVER_CPU, generator on CPU $GEN_CPU)"
+    for _ in $(seq "$rounds"); do
+      for label in $SERVERS; do
+        run_case "$case" "$label" "$@"
+      done
     done
   }
-  run_all echo-20B echo /echo -c 100 -k 4 -s 20 "${TIMING[@]}"
-  run_all echo-16KiB echo /echo -c 100 -k 4 -s 16384 --binary "${TIMING[@]}"
-  run_all broadcast-1k broadcast /broadcast -c 1000 -p 1 -k 8 -s 64 "${TIMING[@]}"
-  run_all broadcast-10k broadcast /broadcast -c 10000 -p 1 -k 8 -s 64 "${TIMING[@]}"
-  run_all idle-10k idle /echo -c 10000 --settle 2 --duration 2
-  run_all connect connect /echo -n 5000 --concurrency 64 --repeat "$REPEAT"
+  run_all echo-20B "$REPEAT" echo /echo -c 100 -k 4 -s 20 "${TIMING[@]}"
+  run_all echo-16KiB "$REPEAT" echo /echo -c 100 -k 4 -s 16384 --binary "${TIMING[@]}"
+  run_all broadcast-1k "$REPEAT" broadcast /broadcast -c 1000 -p 1 -k 8 -s 64 "${TIMING[@]}"
+  run_all broadcast-10k "$REPEAT" broadcast /broadcast -c 10000 -p 1 -k 8 -s 64 "${TIMING[@]}"
+  run_all idle-10k 1 idle /echo -c 10000 --settle 2 --duration 2
+  run_all connect "$REPEAT" connect /echo -n 5000 --concurrency 64 --repeat 1
 
   echo "$(($(date +%s) - START))" >"$OUT/elapsed"
   cut -d' ' -f1-3 /proc/loadavg >"$OUT/loadavg-end"
@@ -181,7 +184,7 @@ cpu_model=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
   echo "- Rust: $(rustc --version)"
   echo "- Load average at the start: $(cat "$OUT/loadavg-start"), at the end: $(cat "$OUT/loadavg-end") (other work on the machine shows up as noise)"
   echo "- Pinning: server \`taskset -c $SERVER_CPU\`, generator \`taskset -c $GEN_CPU\`"
-  echo "- Windows: ${WARMUP} s warm-up, then ${REPEAT} × ${DURATION} s; figures are per-field medians of the windows"
+  echo "- Rounds: ${REPEAT} per case, each running every server in turn for one window (${WARMUP} s warm-up, then ${DURATION} s); figures are per-field medians over the rounds"
   echo
   if [ -s "$OUT/failures.txt" ]; then
     echo "## Problems in this run"

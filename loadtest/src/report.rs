@@ -43,21 +43,31 @@ pub struct ReportArgs {
 pub struct Cases {
     /// Case names in order.
     pub order: Vec<String>,
-    /// Runs of each case, by label (in order of appearance).
+    /// Runs of each case, one per label (in order of appearance).
     pub runs: BTreeMap<String, Vec<RunResult>>,
 }
 
 impl Cases {
-    /// Groups results.
+    /// Groups results. Several runs of one label in one case (rounds) become
+    /// one, with [`RunResult::combine`].
     pub fn new(results: Vec<RunResult>) -> Cases {
-        let mut c = Cases::default();
+        let mut groups: BTreeMap<String, Vec<Vec<RunResult>>> = BTreeMap::new();
+        let mut order = Vec::new();
         for r in results {
-            if !c.runs.contains_key(&r.case) {
-                c.order.push(r.case.clone());
+            if !groups.contains_key(&r.case) {
+                order.push(r.case.clone());
             }
-            c.runs.entry(r.case.clone()).or_default().push(r);
+            let by_label = groups.entry(r.case.clone()).or_default();
+            match by_label.iter_mut().find(|g| g[0].label == r.label) {
+                Some(g) => g.push(r),
+                None => by_label.push(vec![r]),
+            }
         }
-        c
+        let runs = groups
+            .into_iter()
+            .map(|(case, by_label)| (case, by_label.into_iter().map(RunResult::combine).collect()))
+            .collect();
+        Cases { order, runs }
     }
 
     /// The run of `label` in `case`.

@@ -71,6 +71,22 @@ pub fn latency_curve(h: &Histogram<u64>) -> Vec<[f64; 2]> {
         .collect()
 }
 
+/// Median of several latency curves at each percentile; curves taken on
+/// another percentile grid (or empty) are left out.
+pub fn median_curve(curves: &[Vec<[f64; 2]>]) -> Vec<[f64; 2]> {
+    let Some(grid) = curves.iter().find(|c| !c.is_empty()) else {
+        return Vec::new();
+    };
+    let same: Vec<_> = curves
+        .iter()
+        .filter(|c| c.len() == grid.len() && c.iter().zip(grid).all(|(a, b)| a[0] == b[0]))
+        .collect();
+    grid.iter()
+        .enumerate()
+        .map(|(i, &[p, _])| [p, median(&same.iter().map(|c| c[i][1]).collect::<Vec<_>>())])
+        .collect()
+}
+
 /// A histogram as `(value, count)` pairs, so worker processes can send
 /// theirs to the parent in JSON.
 pub fn histogram_to_pairs(h: &Histogram<u64>) -> Vec<(u64, u64)> {
@@ -303,7 +319,40 @@ pub fn fmt_us(us: f64) -> String {
 }
 
 impl RunResult {
-    /// The one-line summary printed after every run.
+    /// One result from several runs of the same case against the same
+    /// server (the rounds of an interleaved `make bench`): all their
+    /// windows, the summary recomputed as the median over them, the
+    /// latency curve as the median at each percentile, counters and checks
+    /// summed, flags and errors from any run.
+    pub fn combine(mut runs: Vec<RunResult>) -> RunResult {
+        let mut all = runs.remove(0);
+        let mut curves = vec![std::mem::take(&mut all.latency_curve)];
+        for r in runs {
+            all.windows.extend(r.windows);
+            curves.push(r.latency_curve);
+            all.connections += r.connections;
+            let c = &mut all.checks;
+            c.verified += r.checks.verified;
+            c.mismatches += r.checks.mismatches;
+            c.expected += r.checks.expected;
+            c.received += r.checks.received;
+            c.lost += r.checks.lost;
+            c.duplicated_or_reordered += r.checks.duplicated_or_reordered;
+            c.room_order_violations += r.checks.room_order_violations;
+            c.corrupted += r.checks.corrupted;
+            c.unexpected += r.checks.unexpected;
+            for e in r.checks.examples {
+                c.example(|| e);
+            }
+            all.generator_saturated |= r.generator_saturated;
+            all.interrupted |= r.interrupted;
+            all.errors.extend(r.errors);
+            all.ok &= r.ok;
+        }
+        all.summary = median_window(&all.windows);
+        all.latency_curve = median_curve(&curves);
+        all
+    }
     pub fn summary_line(&self) -> String {
         let s = &self.summary;
         let mut line = format!("{} {} [{}]:", self.scenario, self.label, self.case);
@@ -426,6 +475,42 @@ mod tests {
         assert_eq!(m.msgs_per_sec, 20.0);
         assert_eq!(m.server_cpu, Some(0.7));
         assert_eq!(median_window(&[w(1.0, None)]).server_cpu, None);
+    }
+
+    #[test]
+    fn rounds_combine_into_one_result() {
+        let run = |rate: f64, p99: f64, verified: u64, ok: bool| RunResult {
+            label: "x".into(),
+            windows: vec![Window {
+                msgs_per_sec: rate,
+                ..Window::default()
+            }],
+            latency_curve: vec![[50.0, p99 / 2.0], [99.0, p99]],
+            checks: Checks {
+                verified,
+                mismatches: u64::from(!ok),
+                ..Checks::default()
+            },
+            ok,
+            ..RunResult::default()
+        };
+        let all = RunResult::combine(vec![
+            run(10.0, 4.0, 5, true),
+            run(30.0, 8.0, 6, true),
+            run(20.0, 6.0, 7, false),
+        ]);
+        assert_eq!(all.windows.len(), 3);
+        assert_eq!(all.summary.msgs_per_sec, 20.0);
+        assert_eq!(all.latency_curve, vec![[50.0, 3.0], [99.0, 6.0]]);
+        assert_eq!(all.checks.verified, 18);
+        assert_eq!(all.checks.mismatches, 1);
+        assert!(!all.ok, "one failed round fails the whole");
+        // A curve on another grid is left out rather than mixed in.
+        let odd = vec![[90.0, 100.0]];
+        assert_eq!(
+            median_curve(&[vec![[99.0, 1.0]], odd, vec![[99.0, 3.0]]]),
+            vec![[99.0, 2.0]]
+        );
     }
 
     #[test]
