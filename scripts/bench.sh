@@ -3,8 +3,9 @@
 #
 #  1. release build of the server, the load generator and the two peers;
 #  2. the codec's criterion benches with short measurement times;
-#  3. the load-test matrix, case by case and within a case one server after
-#     the other (pinned to SERVER_CPU), the generator pinned to GEN_CPU: echo 20 B and 16 KiB, broadcast to
+#  3. the load-test matrix, case by case and within a case in rounds of one
+#     run per server (pinned to SERVER_CPU), the generator pinned to
+#     GEN_CPU: echo 20 B and 16 KiB, broadcast to
 #     1,000 and 10,000 subscribers, idle memory at 10,000 connections and a
 #     connect storm, against ringcast (io_uring and epoll), tokio-tungstenite
 #     and fastwebsockets;
