@@ -353,6 +353,8 @@ impl RunResult {
         all.latency_curve = median_curve(&curves);
         all
     }
+
+    /// The one-line summary printed after every run.
     pub fn summary_line(&self) -> String {
         let s = &self.summary;
         let mut line = format!("{} {} [{}]:", self.scenario, self.label, self.case);
