@@ -489,6 +489,11 @@ impl Engine {
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
             let k = conn.out.io_slices(&mut iov);
             match stream.write_vectored(&iov[..k]) {
+                // Nothing taken though bytes were offered: never loop on it.
+                Ok(0) => {
+                    self.finish(id, CloseReason::Reset, h);
+                    return;
+                }
                 Ok(n) => {
                     conn.out.advance(n);
                     self.stats.bytes_out += n as u64;
