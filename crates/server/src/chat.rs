@@ -1,16 +1,19 @@
 //! The chat protocol of the `/chat` route (see docs/protocol.md).
 //!
-//! This module is the protocol only: parsing and checking client commands,
-//! rendering server events, and the compact form room events take on the
-//! Redis backplane. Rooms are topics: membership counting and the
-//! one-order-per-room guarantee come from [`crate::pubsub`], whose owner
-//! shard renders the join/message/leave events here with the room's
-//! sequence number and member count.
+//! An app on the public API, like any user's: rooms are presence channels
+//! (`Ctx::join` with the member's name as its payload), messages are
+//! channel events (`Ctx::publish_event`), and [`render_event`] is the
+//! renderer the engine calls once per event on the room's owner shard, with
+//! the room's sequence number and member count. This module is the
+//! protocol: parsing and checking client commands, rendering server events,
+//! and the compact payloads events carry (on the Redis backplane too).
 
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::api::{Ctx, Message};
+use crate::api::{Ctx, Frame, Message};
+use crate::channel::{ChannelEvent, EventKind};
+use crate::config::Settings;
 use crate::id::ConnId;
 
 /// Topic prefix of chat rooms, keeping them apart from other topics.
@@ -23,6 +26,17 @@ pub(crate) struct Limits {
     pub room: usize,
     pub text: usize,
     pub rooms: usize,
+}
+
+impl Limits {
+    pub(crate) fn from_settings(s: &Settings) -> Limits {
+        Limits {
+            name: s.chat_max_name,
+            room: s.chat_max_room,
+            text: s.chat_max_text,
+            rooms: s.chat_max_rooms,
+        }
+    }
 }
 
 /// A valid client command.
@@ -151,20 +165,20 @@ struct Event<'a> {
     ts: u64,
 }
 
-/// What happened in a room, before the owner numbers it.
-#[derive(Debug, Clone)]
-pub(crate) enum RoomEvent {
+/// What happened in a room, as the owner numbered it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum RoomEvent<'a> {
     /// `id`: the joiner's connection, for direct messages.
     Join {
-        name: Box<str>,
+        name: &'a str,
         id: ConnId,
     },
     Message {
-        name: Box<str>,
-        text: Box<str>,
+        name: &'a str,
+        text: &'a str,
     },
     Leave {
-        name: Box<str>,
+        name: &'a str,
     },
     /// Cluster mode: the member count changed without a join or leave (a
     /// node died, or re-registered its members after a Redis outage).
@@ -178,7 +192,7 @@ fn now_ms() -> u64 {
 }
 
 /// Renders `event` for `room` as JSON text.
-pub(crate) fn render(room: &str, event: &RoomEvent, seq: u64, members: usize) -> String {
+pub(crate) fn render(room: &str, event: &RoomEvent<'_>, seq: u64, members: usize) -> String {
     let mut ev = Event {
         kind: "members",
         room,
@@ -210,6 +224,27 @@ pub(crate) fn render(room: &str, event: &RoomEvent, seq: u64, members: usize) ->
     serde_json::to_string(&ev).expect("serializing strings and numbers cannot fail")
 }
 
+/// The engine's renderer: a room's channel event as its JSON frame. Other
+/// channels, and payloads this module did not write, render nothing.
+pub(crate) fn render_event(ev: &ChannelEvent<'_>) -> Option<Frame> {
+    let room = ev.channel.strip_prefix(ROOM_PREFIX)?;
+    let event = match ev.kind {
+        EventKind::Join { conn, payload } => RoomEvent::Join {
+            name: wire::parse_name(payload)?,
+            id: conn,
+        },
+        EventKind::Leave { payload, .. } => RoomEvent::Leave {
+            name: wire::parse_name(payload)?,
+        },
+        EventKind::Message { payload, .. } => {
+            let (name, text) = wire::parse_message(payload)?;
+            RoomEvent::Message { name, text }
+        }
+        EventKind::Members => RoomEvent::Members,
+    };
+    Some(Frame::text(&render(room, &event, ev.seq, ev.members)))
+}
+
 /// `{"type":"direct","from":ID,"text":T,"ts":MS}`, for the addressee.
 pub(crate) fn direct(from: ConnId, text: &str) -> String {
     #[derive(Serialize)]
@@ -229,7 +264,8 @@ pub(crate) fn direct(from: ConnId, text: &str) -> String {
     .expect("serializing strings and numbers cannot fail")
 }
 
-/// Room events on the Redis backplane: the payload other nodes render from.
+/// Room event payloads, as the engine carries them (to the owner shard, and
+/// on the Redis backplane to other nodes).
 /// A message is `<name length>:<name><text>` (names may hold any character);
 /// a join or leave is the bare name (the backplane carries the connection
 /// id, the count and the sequence number itself).
@@ -246,20 +282,19 @@ pub(crate) mod wire {
     }
 
     /// `None` if `raw` is not what [`message`] writes.
-    pub(crate) fn parse_message(raw: &[u8]) -> Option<(Box<str>, Box<str>)> {
+    pub(crate) fn parse_message(raw: &[u8]) -> Option<(&str, &str)> {
         let colon = raw.iter().position(|&b| b == b':')?;
         let len: usize = std::str::from_utf8(&raw[..colon]).ok()?.parse().ok()?;
         let rest = std::str::from_utf8(&raw[colon + 1..]).ok()?;
-        let (name, text) = (rest.get(..len)?, rest.get(len..)?);
-        Some((name.into(), text.into()))
+        Some((rest.get(..len)?, rest.get(len..)?))
     }
 
     pub(crate) fn name(name: &str) -> Bytes {
         Bytes::copy_from_slice(name.as_bytes())
     }
 
-    pub(crate) fn parse_name(raw: &[u8]) -> Option<Box<str>> {
-        std::str::from_utf8(raw).ok().map(Into::into)
+    pub(crate) fn parse_name(raw: &[u8]) -> Option<&str> {
+        std::str::from_utf8(raw).ok()
     }
 }
 
@@ -284,6 +319,7 @@ pub(crate) fn on_message<D: Default + 'static>(
     ctx: &mut Ctx<'_, D>,
     conn: ConnId,
     msg: Message<'_>,
+    limits: &Limits,
 ) {
     let Message::Text(text) = msg else {
         ctx.push(
@@ -292,10 +328,14 @@ pub(crate) fn on_message<D: Default + 'static>(
         );
         return;
     };
-    let limits = ctx.core.shared.chat;
-    if let Err(reason) = parse(text, &limits).and_then(|cmd| apply(ctx, conn, cmd, &limits)) {
+    if let Err(reason) = parse(text, limits).and_then(|cmd| apply(ctx, conn, cmd, limits)) {
         ctx.push(conn, error(&reason));
     }
+}
+
+/// The engine could not deliver what `conn` sent: tell it, as an error event.
+pub(crate) fn on_notice<D: Default + 'static>(ctx: &mut Ctx<'_, D>, conn: ConnId, text: &str) {
+    ctx.push(conn, error(text));
 }
 
 fn apply<D: Default + 'static>(
@@ -305,54 +345,39 @@ fn apply<D: Default + 'static>(
     limits: &Limits,
 ) -> Result<(), String> {
     let room_topic = |room: &str| format!("{ROOM_PREFIX}{room}");
-    let Some(c) = ctx.core.table.open_mut(conn) else {
-        return Ok(());
-    };
     match cmd {
         Command::Join { room, name } => {
             let topic = room_topic(&room);
-            if c.subs.iter().any(|s| *s.topic == *topic) {
+            if ctx.is_subscribed(conn, &topic) {
                 return Err(format!("already in room {room:?}"));
             }
-            if c.subs.iter().filter(|s| s.name.is_some()).count() >= limits.rooms {
+            let rooms = ctx
+                .subscriptions(conn)
+                .filter(|(_, member)| *member)
+                .count();
+            if rooms >= limits.rooms {
                 return Err(format!("too many rooms: at most {} at once", limits.rooms));
             }
-            ctx.core.subscribe(ctx.io, conn, &topic, Some(name.into()));
+            ctx.join(conn, &topic, wire::name(&name));
         }
         Command::Message { room, text } => {
             let topic = room_topic(&room);
-            let Some(sub) = c
-                .subs
-                .iter()
-                .find(|s| *s.topic == *topic && s.name.is_some())
-            else {
+            let name = ctx.presence(conn, &topic).and_then(|p| wire::parse_name(p));
+            let Some(name) = name else {
                 return Err(format!("not in room {room:?}: join it first"));
             };
-            let (topic, name) = (sub.topic.clone(), sub.name.clone().unwrap_or_default());
-            ctx.core.publish_room(
-                ctx.io,
-                topic,
-                RoomEvent::Message {
-                    name,
-                    text: text.into(),
-                },
-                conn,
-            );
+            let payload = wire::message(name, &text);
+            ctx.publish_event(&topic, Some(conn), payload);
         }
         Command::Leave { room } => {
             let topic = room_topic(&room);
-            if !c
-                .subs
-                .iter()
-                .any(|s| *s.topic == *topic && s.name.is_some())
-            {
+            if ctx.presence(conn, &topic).is_none() {
                 return Err(format!("not in room {room:?}"));
             }
-            ctx.core.unsubscribe(ctx.io, conn, &topic);
+            ctx.unsubscribe(conn, &topic);
         }
         Command::Direct { to, text } => {
-            let frame = direct(conn, &text).into();
-            if let Err(e) = ctx.core.push_from(ctx.io, to, frame, Some(conn)) {
+            if let Err(e) = ctx.push_as(conn, to, direct(conn, &text)) {
                 return Err(format!("connection {}: {e}", to.as_u64()));
             }
         }
@@ -433,8 +458,8 @@ mod tests {
         let s = render(
             "r",
             &RoomEvent::Message {
-                name: "ann".into(),
-                text: "hi \"x\"".into(),
+                name: "ann",
+                text: "hi \"x\"",
             },
             3,
             2,
@@ -446,10 +471,7 @@ mod tests {
         assert!(v.get("members").is_none());
         // Ids are strings: they use all 64 bits, beyond a JavaScript number.
         let id = ConnId::new(1023, 3, 77).unwrap();
-        let join = RoomEvent::Join {
-            name: "b".into(),
-            id,
-        };
+        let join = RoomEvent::Join { name: "b", id };
         let j: Value = serde_json::from_str(&render("r", &join, 1, 5)).unwrap();
         assert_eq!(j["members"], 5);
         assert_eq!(j["id"], id.as_u64().to_string());
@@ -463,6 +485,62 @@ mod tests {
         assert_eq!(d["from"], id.as_u64().to_string());
         let e: Value = serde_json::from_str(&error("nope")).unwrap();
         assert_eq!(e, serde_json::json!({"type":"error","error":"nope"}));
+    }
+
+    #[test]
+    fn the_renderer_turns_room_events_into_frames() {
+        let id = ConnId::new(2, 1, 9).unwrap();
+        let ev = |kind| ChannelEvent {
+            channel: "chat:lobby",
+            seq: 7,
+            members: 3,
+            kind,
+        };
+        let json = |f: Frame| -> Value { serde_json::from_slice(&f.0[2..]).unwrap() };
+        let join = render_event(&ev(EventKind::Join {
+            conn: id,
+            payload: b"ann",
+        }))
+        .unwrap();
+        let j = json(join);
+        assert_eq!(
+            (&j["type"], &j["room"], &j["name"]),
+            (&"join".into(), &"lobby".into(), &"ann".into())
+        );
+        assert_eq!((&j["seq"], &j["members"]), (&7.into(), &3.into()));
+        assert_eq!(j["id"], id.as_u64().to_string());
+        let payload = wire::message("ann", "hi");
+        let m = json(
+            render_event(&ev(EventKind::Message {
+                origin: Some(id),
+                payload: &payload,
+            }))
+            .unwrap(),
+        );
+        assert_eq!((&m["name"], &m["text"]), (&"ann".into(), &"hi".into()));
+        let l = json(
+            render_event(&ev(EventKind::Leave {
+                conn: id,
+                payload: b"ann",
+            }))
+            .unwrap(),
+        );
+        assert_eq!(l["type"], "leave");
+        assert_eq!(
+            json(render_event(&ev(EventKind::Members)).unwrap())["type"],
+            "members"
+        );
+        // Not a room, or a payload this module did not write: nothing.
+        let other = ChannelEvent {
+            channel: "route:broadcast",
+            ..ev(EventKind::Members)
+        };
+        assert!(render_event(&other).is_none());
+        let bad = EventKind::Message {
+            origin: None,
+            payload: b"no length",
+        };
+        assert!(render_event(&ev(bad)).is_none());
     }
 
     #[test]
@@ -499,12 +577,12 @@ mod tests {
         for (name, text) in [("ann", "hi"), ("a:b\n", "x:y"), ("é", ""), ("n", "é\u{0}")] {
             let raw = wire::message(name, text);
             let (n, t) = wire::parse_message(&raw).unwrap();
-            assert_eq!((&*n, &*t), (name, text));
+            assert_eq!((n, t), (name, text));
         }
         for bad in [&b"ann"[..], b"x:ann", b"9:ann", b"1:\xff", b":a"] {
             assert!(wire::parse_message(bad).is_none(), "{bad:?}");
         }
-        assert_eq!(wire::parse_name(&wire::name("bob")).as_deref(), Some("bob"));
+        assert_eq!(wire::parse_name(&wire::name("bob")), Some("bob"));
         assert!(wire::parse_name(b"\xff").is_none());
     }
 }

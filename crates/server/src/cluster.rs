@@ -19,9 +19,10 @@ use ringcast_reactor::Handle;
 
 use crate::api::Frame;
 use crate::backplane::{Backplane, BackplaneConfig, BackplaneStats, FailedOp, Inbound};
+use crate::channel::{owner, remote_topic, ChannelMail};
 use crate::config::Settings;
 use crate::id::{ConnId, MAX_NODE};
-use crate::pubsub::{owner, remote_topic, TopicMail};
+use crate::route::Router as IdRouter;
 use crate::shard::Mail;
 
 /// How long the backplane thread retries a full shard mailbox before it
@@ -108,6 +109,11 @@ struct Router {
 impl Router {
     fn route(&self, ev: Inbound) {
         let shards = self.reactor.shards();
+        let router = IdRouter {
+            node: self.node,
+            shards,
+            here: None,
+        };
         match ev {
             Inbound::Push { conn, payload, .. } => {
                 let to = ConnId::from_u64(conn);
@@ -115,11 +121,11 @@ impl Router {
                     tracing::warn!(conn, "backplane: dropped a push that is not one frame");
                     return BackplaneStats::inc(&self.stats.errors_total);
                 };
-                if to.node() == self.node && to.shard() < shards {
-                    self.mail(to.shard(), Mail::Push { to, frame });
+                if let Some(shard) = router.local_shard(to) {
+                    self.mail(shard, Mail::Push { to, frame });
                 }
             }
-            // Only chat direct messages carry their sender: tell it.
+            // Only pushes sent with `push_as` carry their sender: tell it.
             Inbound::Failed {
                 op: FailedOp::Push { conn, .. },
                 origin: Some(origin),
@@ -127,17 +133,16 @@ impl Router {
                 ..
             } => {
                 let to = ConnId::from_u64(origin);
-                if to.node() == self.node && to.shard() < shards {
-                    let why = format!("direct message to {conn} not delivered: {reason}");
-                    let frame = crate::chat::error(&why).into();
-                    self.mail(to.shard(), Mail::Push { to, frame });
+                if let Some(shard) = router.local_shard(to) {
+                    let text = format!("direct message to {conn} not delivered: {reason}").into();
+                    self.mail(shard, Mail::Notice { to, text });
                 }
             }
             ev => {
                 // Up, Down, Barrier and failed pushes without a sender are
                 // logged and counted by the backplane itself.
                 if let Some(shard) = remote_topic(&ev).map(|t| owner(t, shards)) {
-                    self.mail(shard, Mail::Topic(TopicMail::Remote(Box::new(ev))));
+                    self.mail(shard, Mail::Channel(ChannelMail::Remote(Box::new(ev))));
                 }
             }
         }

@@ -22,6 +22,7 @@
 mod api;
 pub mod backplane;
 mod bufpool;
+mod channel;
 mod chat;
 pub mod cli;
 mod cluster;
@@ -31,7 +32,7 @@ mod limits;
 pub mod logging;
 pub mod metrics;
 mod page;
-mod pubsub;
+mod route;
 pub mod routes;
 mod run;
 mod shard;
@@ -39,6 +40,8 @@ mod signals;
 pub mod systemd;
 
 pub use api::{Ctx, Frame, Message, Request, Response, Running, Server, ServerHandle};
+pub use channel::{ChannelEvent, ChannelInfo, EventKind};
 pub use config::Settings;
 pub use id::ConnId;
 pub use ringcast_reactor::{io_uring_support, BackendChoice};
+pub use route::PushError;

@@ -384,7 +384,7 @@ impl Metrics {
             ),
             (
                 "ringcast_rooms",
-                "Chat rooms with at least one member.",
+                "Channels with at least one presence member (chat rooms).",
                 self.sum(|s| &s.rooms),
             ),
         ];

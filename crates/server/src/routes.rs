@@ -42,6 +42,7 @@ fn route_of(path: &str) -> Option<Route> {
 
 /// The binary's server: every route above, configured by `settings`.
 pub fn app(settings: Settings) -> Server<Route> {
+    let chat_limits = chat::Limits::from_settings(&settings);
     Server::<Route>::with_data(settings)
         .on_upgrade(|req| match route_of(req.path()) {
             Some(_) => Ok(()),
@@ -74,13 +75,15 @@ pub fn app(settings: Settings) -> Server<Route> {
             }
         })
         .on_message(
-            |ctx, conn, msg: Message<'_>| match ctx.data(conn).copied() {
+            move |ctx, conn, msg: Message<'_>| match ctx.data(conn).copied() {
                 Some(Route::Echo) => {
                     ctx.push(conn, msg);
                 }
                 Some(Route::Broadcast) => ctx.publish(BROADCAST_TOPIC, msg),
-                Some(Route::Chat) => chat::on_message(ctx, conn, msg),
+                Some(Route::Chat) => chat::on_message(ctx, conn, msg, &chat_limits),
                 None => {}
             },
         )
+        .on_channel_event(chat::render_event)
+        .on_notice(chat::on_notice)
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use ringcast_reactor::BackendChoice;
 
 use crate::api::{Running, Server, ServerHandle};
+use crate::channel::Directory;
 use crate::config::{nofile_limit, Settings};
 use crate::limits::{Gauges, PerIp};
 use crate::metrics::{Metrics, ShardMetrics};
@@ -142,12 +143,7 @@ pub(crate) fn start<D: Default + 'static>(server: Server<D>) -> io::Result<Runni
         per_ip: (settings.max_connections_per_ip > 0)
             .then(|| PerIp::new(settings.max_connections_per_ip)),
         notifier: notifier.clone(),
-        chat: crate::chat::Limits {
-            name: settings.chat_max_name,
-            room: settings.chat_max_room,
-            text: settings.chat_max_text,
-            rooms: settings.chat_max_rooms,
-        },
+        directory: Arc::new(Directory::new(shards)),
         settings,
     });
     let app = Arc::new(handlers);
@@ -155,7 +151,7 @@ pub(crate) fn start<D: Default + 'static>(server: Server<D>) -> io::Result<Runni
     let listen = shared.settings.listen;
     let reactor = ringcast_reactor::start(cfg, move |i| Shard {
         app: app.clone(),
-        core: Core::new(i, shards, factory_shared.clone()),
+        core: Core::new(i, shards, factory_shared.clone(), app.render.clone()),
     })
     .map_err(|e| {
         if let Some(link) = &shared.cluster {

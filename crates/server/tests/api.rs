@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ringcast::BackendChoice;
-use ringcast::{ConnId, Message, Running, Server, Settings};
+use ringcast::{ConnId, EventKind, Frame, Message, Running, Server, Settings};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -367,6 +367,130 @@ fn push_broadcast_publish_close_and_data_across_shards() {
             }
         }
         drop(clients);
+        running.join().unwrap();
+    }
+}
+
+/// A presence server: `/join/NAME` joins channel `presence-room` with NAME
+/// as its payload; the renderer shows `kind:seq:members:payload`.
+fn presence_server(backend: BackendChoice) -> Running {
+    const ROOM: &str = "presence-room";
+    Server::new(settings(backend, 2))
+        .on_channel_event(|ev| {
+            let (kind, payload) = match ev.kind {
+                EventKind::Join { payload, .. } => ("join", payload),
+                EventKind::Leave { payload, .. } => ("leave", payload),
+                EventKind::Message { payload, .. } => ("msg", payload),
+                EventKind::Members => ("members", &b""[..]),
+            };
+            let p = String::from_utf8_lossy(payload);
+            Some(Frame::text(&format!(
+                "{kind}:{}:{}:{p}",
+                ev.seq, ev.members
+            )))
+        })
+        .on_open(|ctx, conn, req| {
+            let name = req.path().strip_prefix("/join/").unwrap_or("?").to_string();
+            ctx.push(conn, format!("id:{}", conn.as_u64()));
+            assert!(ctx.join(conn, ROOM, name.clone().into_bytes()));
+            assert!(!ctx.join(conn, ROOM, name.into_bytes()), "joined twice");
+        })
+        .on_message(|ctx, conn, msg| {
+            let Message::Text(t) = msg else { return };
+            if let Some(text) = t.strip_prefix("say:") {
+                ctx.publish_event(ROOM, Some(conn), text.as_bytes().to_vec());
+            } else if t == "leave" {
+                assert!(ctx.unsubscribe(conn, ROOM));
+            } else if t == "info" {
+                let me = ctx.presence(conn, ROOM).map(|p| p.to_vec());
+                let reply = match ctx.channel(ROOM) {
+                    None => format!("info:none:{}", ctx.channels("presence-").len()),
+                    Some(i) => {
+                        let mut names: Vec<String> = ctx
+                            .members(ROOM)
+                            .into_iter()
+                            .map(|(_, p)| String::from_utf8_lossy(&p).into_owned())
+                            .collect();
+                        names.sort();
+                        let listed = ctx.channels("presence-").len();
+                        let subs = ctx.subscriptions(conn).count();
+                        format!(
+                            "info:{}:{}:{}:{listed}:{subs}:{}",
+                            i.subscriptions,
+                            i.members,
+                            names.join(","),
+                            me.is_some()
+                        )
+                    }
+                };
+                ctx.push(conn, reply);
+            }
+        })
+        .start()
+        .unwrap()
+}
+
+#[test]
+fn presence_channels_number_events_render_once_and_answer_queries() {
+    for backend in backends() {
+        let running = presence_server(backend);
+        let join = |name: &str| {
+            let mut c = Client::connect(addr(&running), &format!("/join/{name}"));
+            let id: u64 = c.recv_text().strip_prefix("id:").unwrap().parse().unwrap();
+            (ConnId::from_u64(id), c)
+        };
+        let (_, mut ann) = join("ann");
+        // Its own join is the first event a joiner gets.
+        assert_eq!(ann.recv_text(), "join:1:1:ann");
+        let (_, mut bob) = join("bob");
+        assert_eq!(bob.recv_text(), "join:2:2:bob");
+        assert_eq!(ann.recv_text(), "join:2:2:bob");
+
+        // App events: numbered in the same sequence, one order for all.
+        for i in 0..10 {
+            let c = if i % 2 == 0 { &mut ann } else { &mut bob };
+            c.text(&format!("say:{i}"));
+        }
+        let a: Vec<String> = (0..10).map(|_| ann.recv_text()).collect();
+        let b: Vec<String> = (0..10).map(|_| bob.recv_text()).collect();
+        assert_eq!(a, b);
+        let seqs: Vec<u64> = a
+            .iter()
+            .map(|e| e.split(':').nth(1).unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(seqs, (3..13).collect::<Vec<u64>>());
+
+        // Queries: counts, members with their payloads, prefix listing.
+        ann.text("info");
+        assert_eq!(ann.recv_text(), "info:2:2:ann,bob:1:1:true");
+
+        // A leave is an event for the others; the leaver gets nothing more.
+        bob.text("leave");
+        assert_eq!(ann.recv_text(), "leave:13:1:bob");
+        bob.text("info");
+        assert_eq!(bob.recv_text(), "info:1:1:ann:1:0:false");
+        ann.text("say:solo");
+        assert_eq!(ann.recv_text(), "msg:14:1:solo");
+
+        // From another thread.
+        let h = running.handle();
+        assert_eq!(h.channel("presence-room").map(|i| i.members), Some(1));
+        assert_eq!(h.members("presence-room").len(), 1);
+        h.publish_event("presence-room", b"outside".to_vec());
+        assert_eq!(ann.recv_text(), "msg:15:1:outside");
+
+        // Closing leaves: the channel is gone once empty.
+        drop(ann);
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while h.channel("presence-room").is_some() {
+            assert!(std::time::Instant::now() < deadline, "channel not emptied");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        bob.text("info");
+        assert_eq!(bob.recv_text(), "info:none:0");
+        assert!(h.channels("").is_empty());
+        h.stop(Duration::from_secs(5));
+        drop(bob);
         running.join().unwrap();
     }
 }
