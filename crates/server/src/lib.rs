@@ -6,14 +6,22 @@
 //! Each connection lives on one shard (an event-loop thread) for its whole
 //! life and its handlers run there, so per-connection data needs no locks.
 //!
+//! Channels: `subscribe` and `join` (presence, with an opaque payload such
+//! as a user id) group connections; `publish` sends a ready frame and
+//! `publish_event` an app payload that the channel's owner shard numbers and
+//! [`Server::on_channel_event`] renders once. `channel`, `channels` and
+//! `members` answer queries.
+//!
 //! Module map (each concern in one place):
 //!
-//! - [`api`](crate::Server): the public types: `Server`, `Ctx`, `Message`, `Frame`, `Response`.
-//! - `shard`: the per-shard reactor handler: handshake, frames, limits, timers.
-//! - `pubsub`: topics and chat rooms: owner shard, ordering, fan-out.
+//! - `api`: the public types: `Server`, `Ctx`, `Message`, `Frame`, `Response`.
+//! - `shard`: the per-shard reactor handler: connection table, the
+//!   per-connection WebSocket state machine (`shard::ws`), HTTP, frames.
+//! - `route`: where a connection id lives (this shard, another, another node).
+//! - `channel`: channels with presence: owner shard, ordering, fan-out, queries.
 //! - `backplane`: the Redis link between nodes; `cluster`: its wiring into
 //!   the server (settings, routing its events to shards).
-//! - `chat`: the `/chat` JSON protocol.
+//! - `chat`: the `/chat` JSON protocol, an app on the public API.
 //! - `routes`: the binary's routes (`/`, `/chat`, `/echo`, `/broadcast`, ...).
 //! - `config`: flags and the TOML file. `limits`: connection counting.
 //! - `run`, `signals`, `logging`, `cli`: process plumbing.
