@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # Both reactor backends are tested, always.
 BACKENDS ?= io-uring epoll
 
-.PHONY: run test deps lint unit pytest browser bench perf fuzz install clean
+.PHONY: run test deps lint fuzz-check unit pytest browser bench perf fuzz install clean
 
 run:
 	$(CARGO) run --release --bin ringcast -- $(ARGS)
@@ -18,6 +18,13 @@ deps:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# fuzz/ is its own cargo project, outside the workspace: check that its
+# targets still build against the codec so they cannot rot between
+# `make fuzz` runs. Plain stable `cargo check` is enough for that.
+fuzz-check:
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
+	RUSTFLAGS="-D warnings" $(CARGO) check --manifest-path fuzz/Cargo.toml --bins
 
 unit:
 	$(CARGO) test --workspace
@@ -34,7 +41,7 @@ browser: deps
 		RINGCAST_BIN=$(CURDIR)/target/debug/ringcast node --test tests/browser/; \
 	fi
 
-test: deps lint unit pytest browser
+test: deps lint fuzz-check unit pytest browser
 
 bench:
 	./scripts/bench.sh

@@ -8,7 +8,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ringcast_codec::mask::{self, variants};
+use ringcast_codec::internals::{best_variant, unmask as dispatch, variants};
 
 const SIZES: [usize; 5] = [16, 125, 1024, 16 * 1024, 1024 * 1024];
 const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
@@ -30,8 +30,8 @@ fn unmask(c: &mut Criterion) {
     }
     #[cfg(target_arch = "aarch64")]
     fns.push(("neon", variants::neon));
-    fns.push(("dispatch", mask::unmask));
-    eprintln!("unmask dispatches to: {}", mask::best_variant());
+    fns.push(("dispatch", dispatch));
+    eprintln!("unmask dispatches to: {}", best_variant());
 
     for size in SIZES {
         let mut g = c.benchmark_group(format!("unmask/{size}"));
@@ -64,7 +64,7 @@ fn unmask_cold(c: &mut Criterion) {
         b.iter(|| {
             next = (next + 1) % slots;
             let at = next * COLD_MSG;
-            mask::unmask(black_box(&mut region[at..at + COLD_MSG]), KEY, 0)
+            dispatch(black_box(&mut region[at..at + COLD_MSG]), KEY, 0)
         })
     });
     g.finish();

@@ -6,7 +6,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ringcast_benches::{ascii, mixed_utf8};
-use ringcast_codec::Utf8Stream;
+use ringcast_codec::internals::Utf8Stream;
 
 fn utf8(c: &mut Criterion) {
     let inputs = [

@@ -5,7 +5,9 @@
 //! small chunks through a lender that keeps every frame it is offered. All
 //! runs must give the same messages and the same error (neither chunking
 //! nor lending may matter), every lent frame must be the server frame of a
-//! message, and buffering must stay within the configured bounds.
+//! message, and buffering must stay within the configured bounds. When the
+//! stream is one whole server message by `FrameHeader::read_server_message`,
+//! the client-role decoder must agree.
 #![no_main]
 
 use std::cell::Cell;
@@ -15,7 +17,8 @@ use std::rc::Rc;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use ringcast_codec::{
-    is_valid_wire_code, Decoder, DecoderConfig, Lend, Message, ProtocolError, Role,
+    is_valid_wire_code, Decoder, DecoderConfig, FrameHeader, Lend, Message, OpCode, ProtocolError,
+    Role,
 };
 
 /// Keeps (a copy of) every frame offered, when `on`.
@@ -77,10 +80,18 @@ fn run(
                     Message::Binary(b) => b,
                     _ => unreachable!(),
                 };
-                let op = if matches!(m, Message::Text(_)) { 1 } else { 2 };
-                let header = ringcast_codec::server_frame_len(payload.len()) - payload.len();
-                assert_eq!(&f[header..], payload, "lent frame carries the message");
-                assert_eq!(f[0], 0x80 | op);
+                let op = if matches!(m, Message::Text(_)) {
+                    OpCode::Text
+                } else {
+                    OpCode::Binary
+                };
+                let h = FrameHeader::read_server_message(&f).expect("lent frame is one message");
+                assert_eq!(h.opcode, op);
+                assert_eq!(
+                    &f[h.header_len..],
+                    payload,
+                    "lent frame carries the message"
+                );
             }
             out.push(match m {
                 Message::Text(s) => {
@@ -146,4 +157,21 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(whole, pieces);
     let lent = run(cfg, input, split % 17, true);
     assert_eq!(whole, lent);
+    // The header helper and the decoder agree on what one whole message is.
+    if let Some(h) = FrameHeader::read_server_message(input) {
+        if cfg.role == Role::Client && h.payload_len <= cfg.max_message_size as u64 {
+            match whole {
+                (msgs, None) => match &msgs[..] {
+                    [Owned::Text(t)] => {
+                        assert_eq!((h.opcode, t.len() as u64), (OpCode::Text, h.payload_len))
+                    }
+                    [Owned::Binary(b)] => {
+                        assert_eq!((h.opcode, b.len() as u64), (OpCode::Binary, h.payload_len))
+                    }
+                    other => panic!("one message expected, got {other:?}"),
+                },
+                (_, Some(e)) => assert_eq!((h.opcode, e.code), (OpCode::Text, 1007)),
+            }
+        }
+    }
 });

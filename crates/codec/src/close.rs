@@ -62,7 +62,7 @@ pub fn is_valid_wire_code(code: u16) -> bool {
 ///
 /// Empty → `Ok(None)`. A 1-byte payload or an invalid code → 1002; a reason
 /// that is not UTF-8 → 1007.
-pub fn parse_close_payload(payload: &[u8]) -> Result<Option<CloseFrame<'_>>, ProtocolError> {
+pub(crate) fn parse_close_payload(payload: &[u8]) -> Result<Option<CloseFrame<'_>>, ProtocolError> {
     match payload {
         [] => Ok(None),
         [_] => Err(ProtocolError::new(

@@ -170,6 +170,41 @@ impl FrameHeader {
             header_len: n,
         }))
     }
+
+    /// The header at the start of an encoded frame, for callers that only
+    /// need to read it: `None` when `buf` ends inside the header or
+    /// [`parse`](FrameHeader::parse) rejects it.
+    #[inline]
+    pub fn read(buf: &[u8]) -> Option<FrameHeader> {
+        FrameHeader::parse(buf).ok().flatten()
+    }
+
+    /// The header of `frame` if `frame` is exactly one complete, unmasked,
+    /// final text or binary frame with no RSV bit set (a whole message as
+    /// [`server_frame`] encodes it), else `None`. Trailing bytes, a cut
+    /// payload, a fragment, a control frame or a mask all give `None`.
+    ///
+    /// Its `payload_len` then equals `frame.len() - header_len`, so it fits
+    /// in a `usize`.
+    pub fn read_server_message(frame: &[u8]) -> Option<FrameHeader> {
+        let h = FrameHeader::read(frame)?;
+        let whole = h.frame_len() == frame.len() as u64;
+        let message = h.fin && h.rsv == 0 && matches!(h.opcode, OpCode::Text | OpCode::Binary);
+        (whole && message && !h.is_masked()).then_some(h)
+    }
+
+    /// Whether the MASK bit is set (frames a client sends).
+    #[inline]
+    pub fn is_masked(&self) -> bool {
+        self.mask.is_some()
+    }
+
+    /// Header and payload together, in bytes. Cannot overflow: the payload
+    /// length is below 2^63 and the header at most 14 bytes.
+    #[inline]
+    pub fn frame_len(&self) -> u64 {
+        self.header_len as u64 + self.payload_len
+    }
 }
 
 /// Writes a frame header into `out` and returns its length.
@@ -414,6 +449,58 @@ mod tests {
         assert_eq!(h.rsv, 0b100);
         let h = FrameHeader::parse(&[0x91, 0]).unwrap().unwrap();
         assert_eq!(h.rsv, 0b001);
+    }
+
+    #[test]
+    fn read_reports_every_field() {
+        let h = FrameHeader::read(&hdr(false, OpCode::Text, 300, Some([9, 8, 7, 6]))).unwrap();
+        assert!(!h.fin && h.is_masked());
+        assert_eq!((h.rsv, h.opcode), (0, OpCode::Text));
+        assert_eq!((h.header_len, h.payload_len, h.frame_len()), (8, 300, 308));
+        let h = FrameHeader::read(&[0xF2, 0x00]).unwrap();
+        assert!(h.fin && !h.is_masked());
+        assert_eq!((h.rsv, h.opcode, h.frame_len()), (0b111, OpCode::Binary, 2));
+        // Incomplete and invalid headers alike.
+        assert_eq!(FrameHeader::read(&[0x81]), None);
+        assert_eq!(FrameHeader::read(&[0x81, 126, 0]), None);
+        assert_eq!(FrameHeader::read(&[0x83, 0]), None);
+    }
+
+    #[test]
+    fn read_server_message_accepts_only_one_whole_message_frame() {
+        for len in [0usize, 125, 126, 65535, 65536] {
+            for op in [OpCode::Text, OpCode::Binary] {
+                let f = server_frame(op, &vec![b'x'; len]);
+                let h = FrameHeader::read_server_message(&f).unwrap();
+                assert_eq!((h.opcode, h.payload_len), (op, len as u64), "{len}");
+                assert_eq!(h.header_len, f.len() - len);
+                // One byte short, one byte over.
+                assert_eq!(FrameHeader::read_server_message(&f[..f.len() - 1]), None);
+                let mut over = f.to_vec();
+                over.push(0);
+                assert_eq!(FrameHeader::read_server_message(&over), None);
+            }
+        }
+        let mut masked = Vec::new();
+        encode_client_frame(&mut masked, true, OpCode::Text, b"hi", [1, 2, 3, 4]);
+        let not_messages: [&[u8]; 7] = [
+            &masked,
+            b"\x01\x02hi",   // not final
+            b"\x80\x02hi",   // continuation
+            b"\xC1\x02hi",   // RSV1
+            b"\x89\x02hi",   // ping
+            b"\x81\x7E\x00", // header cut
+            b"",
+        ];
+        for f in not_messages {
+            assert_eq!(FrameHeader::read_server_message(f), None, "{f:?}");
+        }
+        // A non-minimal length encoding is still one whole frame.
+        let h = FrameHeader::read_server_message(b"\x82\x7E\x00\x02hi").unwrap();
+        assert_eq!((h.header_len, h.payload_len), (4, 2));
+        // A 64-bit length with the top bit set is refused, not overflowed.
+        let huge = [0x82, 127, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xF6];
+        assert_eq!(FrameHeader::read_server_message(&huge), None);
     }
 
     #[test]

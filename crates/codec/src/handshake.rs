@@ -19,10 +19,10 @@ use sha1::{Digest, Sha1};
 pub const MAX_HEADER_BYTES_DEFAULT: usize = 8192;
 
 /// Most header lines accepted in one head; more → 431.
-pub const MAX_HEADERS: usize = 64;
+pub(crate) const MAX_HEADERS: usize = 64;
 
 /// The GUID appended to the key before hashing (§1.3).
-pub const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+pub(crate) const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// A failed handshake, with the HTTP status to answer with.
 ///

@@ -4,39 +4,78 @@
 //! hand it bytes (and, for the close deadline, an [`std::time::Instant`]) and
 //! get back parsed values and bytes to write.
 //!
-//! One module per concern, named after the RFC's vocabulary:
+//! Everything public is re-exported here, in one list, grouped by concern:
 //!
-//! - [`handshake`]: the opening HTTP/1.1 upgrade (server and client roles).
-//! - [`frame`]: frame headers, encoding, fragmentation, client masking keys.
-//! - [`mask`]: in-place (un)masking with portable and SIMD variants.
-//! - [`utf8`]: UTF-8 validation of text that arrives in pieces.
-//! - [`message`]: the incremental frame parser and message assembly.
-//! - [`close`]: close codes, close payload parsing, the close handshake.
+//! - **Handshake** (§4): [`RequestParser`] → [`Request`] →
+//!   [`Request::validate_upgrade`] → [`response_101`] or [`error_response`];
+//!   [`ClientHandshake`] for the client role.
+//! - **Receiving** (§5.4–§5.6): [`Decoder`] turns bytes into [`Message`]s or a
+//!   [`ProtocolError`] carrying the close code.
+//! - **Sending** (§5.2): unmasked server frames as `Bytes`
+//!   ([`server_frame`], [`server_header`], [`fragments`], …), masked client
+//!   frames ([`encode_client_frame`] with keys from [`MaskGen`]).
+//! - **Frame headers**: [`FrameHeader`] reads the header of an encoded
+//!   frame, so no caller has to pick bits apart itself.
+//! - **Closing** (§5.5.1, §7): [`codes`], [`CloseState`].
+//! - **Buffer hooks**: [`BufferPool`] and [`Lend`] let a server recycle or
+//!   lend the buffers the decoder works in; the defaults allocate.
+//!
+//! The modules behind the list are private, so the list is the API.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
-pub mod close;
-pub mod frame;
-pub mod handshake;
-pub mod mask;
-pub mod message;
-pub mod utf8;
+mod close;
+mod frame;
+mod handshake;
+mod mask;
+mod message;
+mod utf8;
 
-pub use close::{codes, is_valid_wire_code, CloseAction, CloseFrame, CloseState};
-pub use frame::{
-    close_frame, encode_client_frame, encode_header, fragments, pong_frame, server_frame,
-    server_frame_into, server_frame_len, server_header, FrameHeader, MaskGen, OpCode,
-    MAX_HEADER_LEN,
-};
+// Errors, each with the close code or HTTP status to answer with.
+pub use handshake::HandshakeError;
+pub use message::ProtocolError;
+
+// Opening handshake, server role.
 pub use handshake::{
-    accept_key, error_response, http_response, response_101, ClientHandshake, HandshakeError,
-    Request, RequestParser, MAX_HEADER_BYTES_DEFAULT,
+    accept_key, error_response, http_response, response_101, Request, RequestParser,
+    MAX_HEADER_BYTES_DEFAULT,
 };
-pub use mask::unmask;
-pub use message::{
-    BufferPool, Decoder, DecoderConfig, Lend, Message, NoLend, NoPool, ProtocolError,
+// Opening handshake, client role.
+pub use handshake::ClientHandshake;
+
+// Receiving: the incremental decoder and what it hands out.
+pub use message::{Decoder, DecoderConfig, Message, MAX_MESSAGE_SIZE_DEFAULT};
+
+// Frame headers and opcodes.
+pub use frame::{encode_header, FrameHeader, OpCode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
+
+// Sending, server role: unmasked frames as shareable `Bytes`.
+pub use frame::{
+    close_frame, fragments, pong_frame, server_frame, server_frame_into, server_frame_len,
+    server_header,
 };
-pub use utf8::Utf8Stream;
+// Sending, client role: masked frames.
+pub use frame::{close_payload, encode_client_frame, MaskGen};
+
+// Closing.
+pub use close::{codes, is_valid_wire_code, CloseAction, CloseFrame, CloseState};
+
+// Buffer hooks: where the decoder's buffers come from and where whole
+// frames may be lent out of the input.
+pub use message::{BufferPool, Lend, NoLend, NoPool};
+
+/// Building blocks exposed only for the benches (`benches/`), the fuzz
+/// targets (`fuzz/`) and this crate's integration tests. Not a stable API.
+///
+/// Hidden from the docs rather than put behind a cargo feature: with the
+/// workspace's feature unification, a feature the benches enable would be
+/// on in every workspace build anyway, so it would fence nothing off and
+/// only add a second configuration to build and test.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::mask::{best_variant, unmask, variants};
+    pub use crate::utf8::Utf8Stream;
+}
 
 /// Which end of the connection this codec speaks for.
 ///

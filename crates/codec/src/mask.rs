@@ -8,7 +8,10 @@
 //! payload that arrives in several chunks continues with the key rotated.
 //!
 //! [`unmask`] picks the fastest variant for this CPU once and caches the
-//! choice. The individual [`variants`] are public for tests and benchmarks.
+//! choice. The individual [`variants`] are reachable through the hidden
+//! `internals` module, for tests and benchmarks. Their `unsafe` bodies
+//! (`*_unchecked`) stay private: outside callers get the safe wrappers,
+//! which check the CPU feature first.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -40,7 +43,7 @@ const APPEND_BLOCK: usize = 4096;
 /// So the payload is read from `src` once and written once, where
 /// unmasking in place and copying afterwards would touch `src` twice.
 /// `offset` is as for [`unmask`].
-pub fn append_unmasked(dst: &mut Vec<u8>, src: &[u8], key: [u8; 4], offset: usize) {
+pub(crate) fn append_unmasked(dst: &mut Vec<u8>, src: &[u8], key: [u8; 4], offset: usize) {
     dst.reserve(src.len());
     for (i, block) in src.chunks(APPEND_BLOCK).enumerate() {
         let at = dst.len();
@@ -265,7 +268,7 @@ pub mod variants {
     /// The CPU must support AVX-512F (see [`avx512_available`]).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn avx512_unchecked(buf: &mut [u8], key: [u8; 4], offset: usize) {
+    pub(super) unsafe fn avx512_unchecked(buf: &mut [u8], key: [u8; 4], offset: usize) {
         use std::arch::x86_64::*;
         let len = buf.len();
         let mut i = if len >= ALIGN_FROM {
@@ -338,7 +341,7 @@ pub mod variants {
     /// The CPU must support AVX2 (see [`avx2_available`]).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    pub unsafe fn avx2_unchecked(buf: &mut [u8], key: [u8; 4], offset: usize) {
+    pub(super) unsafe fn avx2_unchecked(buf: &mut [u8], key: [u8; 4], offset: usize) {
         use std::arch::x86_64::*;
         let len = buf.len();
         // On long buffers, reach a 32-byte boundary first so no access in the

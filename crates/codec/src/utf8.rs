@@ -13,7 +13,7 @@ use simdutf8::compat::from_utf8;
 /// Short all-ASCII texts (the common chat or event message) skip the SIMD
 /// set-up; everything else goes through `simdutf8`.
 #[inline]
-pub fn validate(bytes: &[u8]) -> Option<&str> {
+pub(crate) fn validate(bytes: &[u8]) -> Option<&str> {
     if bytes.len() < 64 && bytes.is_ascii() {
         // SAFETY: ASCII is valid UTF-8.
         return Some(unsafe { std::str::from_utf8_unchecked(bytes) });

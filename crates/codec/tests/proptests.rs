@@ -6,10 +6,10 @@ mod common;
 
 use common::*;
 use proptest::prelude::*;
-use ringcast_codec::mask::variants;
+use ringcast_codec::internals::{unmask, variants, Utf8Stream};
 use ringcast_codec::{
     encode_client_frame, BufferPool, Decoder, DecoderConfig, Lend, MaskGen, NoLend, OpCode,
-    ProtocolError, RequestParser, Utf8Stream,
+    ProtocolError, RequestParser,
 };
 
 /// Deterministic filler so large buffers are cheap to generate.
@@ -219,11 +219,12 @@ proptest! {
         let mut want = orig.clone();
         variants::bytewise(&mut want[start..], key, offset);
         type F = fn(&mut [u8], [u8; 4], usize);
-        let mut fs: Vec<(&str, F)> = vec![("unmask", ringcast_codec::unmask), ("words", variants::words)];
+        let mut fs: Vec<(&str, F)> = vec![("unmask", unmask), ("words", variants::words)];
         #[cfg(target_arch = "x86_64")]
         {
             fs.push(("sse2", variants::sse2));
             fs.push(("avx2", variants::avx2));
+            fs.push(("avx512", variants::avx512));
         }
         #[cfg(target_arch = "aarch64")]
         fs.push(("neon", variants::neon));

@@ -67,6 +67,9 @@ impl Redis {
         let mut cmd = Command::new(redis_binary());
         // If the test process is killed, take redis-server down with it (the signal fires
         // when the spawning thread ends; Drop has normally stopped it already).
+        // SAFETY: the closure runs in the forked child before exec, where only
+        // async-signal-safe calls are allowed: it makes one prctl syscall and
+        // neither allocates nor takes a lock.
         unsafe {
             cmd.pre_exec(|| {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
