@@ -29,8 +29,8 @@ use std::cell::RefCell;
 
 use bytes::Bytes;
 use ringcast_codec::{
-    encode_header, server_frame, server_frame_into, server_frame_len, BufferPool, Lend, OpCode,
-    MAX_HEADER_LEN,
+    encode_header, server_frame, server_frame_into, server_frame_len, BufferPool, FrameHeader,
+    Lend, OpCode, MAX_HEADER_LEN,
 };
 
 /// log2 of the smallest pooled capacity (4 KiB).
@@ -163,10 +163,10 @@ fn lent_frame(opcode: OpCode, payload: &[u8]) -> Option<Bytes> {
     LENT.try_with(|l| {
         let l = l.borrow();
         let f = l.as_ref()?;
-        let header = server_frame_len(payload.len()) - payload.len();
-        let same = f.len() == header + payload.len()
-            && f[0] == 0x80 | opcode as u8
-            && std::ptr::eq(f[header..].as_ptr(), payload.as_ptr());
+        let h = FrameHeader::read_server_message(f)?;
+        let same = h.opcode == opcode
+            && h.payload_len == payload.len() as u64
+            && std::ptr::eq(f[h.header_len..].as_ptr(), payload.as_ptr());
         same.then(|| f.clone())
     })
     .ok()

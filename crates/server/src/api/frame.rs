@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
-use ringcast_codec::OpCode;
+use ringcast_codec::{FrameHeader, OpCode};
 
 /// A complete data message from a client.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -54,30 +54,12 @@ impl Frame {
     /// on the backplane): accepted only if it is exactly one unmasked, final
     /// text or binary frame, so nothing else can reach a client.
     pub(crate) fn from_wire(b: Bytes) -> Option<Frame> {
-        let (&b0, &b1) = (b.first()?, b.get(1)?);
-        if !matches!(b0, 0x81 | 0x82) || b1 & 0x80 != 0 {
-            return None;
-        }
-        let (header, len) = match b1 & 0x7f {
-            126 => (
-                4,
-                u64::from(u16::from_be_bytes(b.get(2..4)?.try_into().ok()?)),
-            ),
-            127 => (10, u64::from_be_bytes(b.get(2..10)?.try_into().ok()?)),
-            n => (2, u64::from(n)),
-        };
-        (b.len() as u64 == header + len).then_some(Frame(b))
+        FrameHeader::read_server_message(&b).map(|_| Frame(b))
     }
 
-    /// Payload size (the header's length field tells how long the header is).
+    /// Payload size, as the frame's own header says.
     pub(crate) fn payload_len(&self) -> usize {
-        let header = match self.0.get(1).map(|b| b & 0x7f) {
-            None => return 0,
-            Some(126) => 4,
-            Some(127) => 10,
-            Some(_) => 2,
-        };
-        self.0.len().saturating_sub(header)
+        FrameHeader::read(&self.0).map_or(0, |h| h.payload_len as usize)
     }
 }
 
@@ -198,5 +180,28 @@ impl Response {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_one_whole_unmasked_data_frame_comes_in_from_the_wire() {
+        for f in [Frame::text("hi"), Frame::binary(&[7u8; 70_000])] {
+            let len = f.payload_len();
+            let back = Frame::from_wire(f.0.clone()).expect("a server frame");
+            assert_eq!(back.payload_len(), len);
+        }
+        let ping = ringcast_codec::server_frame(OpCode::Ping, b"");
+        let mut trailing = Frame::text("x").0.to_vec();
+        trailing.push(0);
+        let masked = Bytes::from_static(&[0x81, 0x81, 1, 2, 3, 4, b'x' ^ 1]);
+        let not_final = Bytes::from_static(&[0x01, 0x01, b'x']);
+        for bad in [ping, trailing.into(), masked, not_final, Bytes::new()] {
+            assert!(Frame::from_wire(bad.clone()).is_none(), "{bad:?}");
+        }
+        assert_eq!(Frame::text("abc").payload_len(), 3);
     }
 }
