@@ -14,7 +14,7 @@ use crate::channel::Directory;
 use crate::config::{nofile_limit, Settings};
 use crate::limits::{Gauges, PerIp};
 use crate::metrics::{Metrics, ShardMetrics};
-use crate::shard::{Core, Shard, Shared};
+use crate::shard::{ShardHandler, ShardState, Shared};
 use crate::systemd::{self, Notifier};
 
 /// How often systemd's `STATUS=` line is refreshed.
@@ -149,9 +149,9 @@ pub(crate) fn start<D: Default + 'static>(server: Server<D>) -> io::Result<Runni
     let app = Arc::new(handlers);
     let factory_shared = shared.clone();
     let listen = shared.settings.listen;
-    let reactor = ringcast_reactor::start(cfg, move |i| Shard {
+    let reactor = ringcast_reactor::start(cfg, move |i| ShardHandler {
         app: app.clone(),
-        core: Core::new(i, shards, factory_shared.clone(), app.render.clone()),
+        core: ShardState::new(i, shards, factory_shared.clone(), app.render.clone()),
     })
     .map_err(|e| {
         if let Some(link) = &shared.cluster {

@@ -8,14 +8,14 @@ use super::Frame;
 use crate::channel::{ChannelInfo, Event};
 use crate::id::ConnId;
 use crate::route::PushError;
-use crate::shard::{Core, Io};
+use crate::shard::{Io, ShardState};
 
 /// What handlers use to act: send, publish, close, look up data.
 ///
 /// A `Ctx` belongs to one shard; `push`, `close` and `subscribe` accept any
 /// connection id and forward to the owning shard when needed.
 pub struct Ctx<'a, D> {
-    pub(crate) core: &'a mut Core<D>,
+    pub(crate) core: &'a mut ShardState<D>,
     pub(crate) io: &'a mut dyn Io,
 }
 

@@ -1,5 +1,5 @@
 //! Frames in: decoding a connection's bytes and running the user's
-//! handlers. Every user callback goes through [`Core::call`].
+//! handlers. Every user callback goes through [`ShardState::call`].
 
 use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -8,13 +8,13 @@ use ringcast_codec::codes;
 
 use super::io::Io;
 use super::ws::{kind_of_code, Incoming};
-use super::Core;
+use super::ShardState;
 use crate::api::{Ctx, Handlers};
 use crate::bufpool::Received;
 use crate::id::ConnId;
 use crate::metrics::CloseKind;
 
-impl<D: Default + 'static> Core<D> {
+impl<D: Default + 'static> ShardState<D> {
     pub(super) fn decode<'a>(
         &mut self,
         app: &Handlers<D>,

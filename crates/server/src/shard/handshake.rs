@@ -6,12 +6,12 @@ use std::sync::Arc;
 use ringcast_codec::{error_response, response_101, Decoder, DecoderConfig, Request, Role};
 
 use super::io::Io;
-use super::Core;
+use super::ShardState;
 use crate::api::{Handlers, Response};
 use crate::bufpool::{Received, ShardPool};
 use crate::metrics::CloseKind;
 
-impl<D: Default + 'static> Core<D> {
+impl<D: Default + 'static> ShardState<D> {
     pub(super) fn handshake_data(
         &mut self,
         app: &Handlers<D>,

@@ -8,13 +8,13 @@ use ringcast_reactor::{CloseReason, Conn, Input};
 use super::io::Io;
 use super::table::Connection;
 use super::ws::{Phase, WsState};
-use super::Core;
+use super::ShardState;
 use crate::api::Handlers;
 use crate::bufpool::Received;
 use crate::id::ConnId;
 use crate::metrics::CloseKind;
 
-impl<D: Default + 'static> Core<D> {
+impl<D: Default + 'static> ShardState<D> {
     pub(crate) fn accepted(&mut self, io: &mut dyn Io, conn: Conn, peer: SocketAddr) {
         self.metrics.connection_opened();
         let Some(id) = ConnId::new(self.shared.node, self.shard, conn.id()) else {

@@ -1,7 +1,7 @@
 //! One shard's server logic: the reactor handler that turns bytes into
 //! WebSocket events and back.
 //!
-//! Data flows one way: the reactor hands received bytes to [`Core::data`],
+//! Data flows one way: the reactor hands received bytes to [`ShardState::data`],
 //! the codec decodes them, the connection's [`ws::WsState`] says what each
 //! frame means, user handlers run, and what they send goes back through the
 //! codec's encoders to the reactor's send queue.
@@ -89,7 +89,7 @@ impl Shared {
 const SWEEP: u64 = 1;
 
 /// A shard's server state. User handlers get it through [`Ctx`](crate::Ctx).
-pub(crate) struct Core<D> {
+pub(crate) struct ShardState<D> {
     pub shard: usize,
     pub shards: usize,
     pub shared: Arc<Shared>,
@@ -131,16 +131,16 @@ fn sweep_period(s: &Settings, watchdog: Option<Duration>) -> Duration {
     p.max(Duration::from_millis(20))
 }
 
-impl<D: Default + 'static> Core<D> {
+impl<D: Default + 'static> ShardState<D> {
     pub fn new(
         shard: usize,
         shards: usize,
         shared: Arc<Shared>,
         render: Option<Arc<RenderFn>>,
-    ) -> Core<D> {
+    ) -> ShardState<D> {
         let metrics = shared.metrics.shards()[shard].clone();
         let sweep_every = sweep_period(&shared.settings, shared.notifier.watchdog_interval());
-        Core {
+        ShardState {
             shard,
             shards,
             metrics,
@@ -454,14 +454,14 @@ pub(crate) fn count_delivery(m: &ShardMetrics, d: table::Delivery, payload_len: 
 }
 
 /// The reactor handler of one shard.
-pub(crate) struct Shard<D> {
+pub(crate) struct ShardHandler<D> {
     pub app: Arc<Handlers<D>>,
-    pub core: Core<D>,
+    pub core: ShardState<D>,
 }
 
 type RCtx<'a> = ringcast_reactor::Ctx<'a, Mail>;
 
-impl<D: Default + 'static> ringcast_reactor::Handler for Shard<D> {
+impl<D: Default + 'static> ringcast_reactor::Handler for ShardHandler<D> {
     type Mail = Mail;
 
     fn on_start(&mut self, ctx: &mut RCtx<'_>) {

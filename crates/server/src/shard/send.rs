@@ -9,13 +9,13 @@ use ringcast_codec::{codes, is_valid_wire_code};
 
 use super::io::{Io, Mail};
 use super::ws::kind_of_code;
-use super::{count_delivery, count_sent, Core};
+use super::{count_delivery, count_sent, ShardState};
 use crate::api::Frame;
 use crate::channel::Event;
 use crate::id::ConnId;
 use crate::route::{Dest, PushError};
 
-impl<D: Default + 'static> Core<D> {
+impl<D: Default + 'static> ShardState<D> {
     /// Sends `frame` to `to` on any shard of any node (other nodes through
     /// the backplane). `origin`: the connection sending it, told by a
     /// notice if the cluster cannot deliver it.
