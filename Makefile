@@ -18,6 +18,8 @@ deps:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	# Library users may leave out cluster mode (Redis, tokio).
+	$(CARGO) clippy -p ringcast --no-default-features --all-targets -- -D warnings
 
 # fuzz/ is its own cargo project, outside the workspace: check that its
 # targets still build against the codec so they cannot rot between
@@ -28,6 +30,7 @@ fuzz-check:
 
 unit:
 	$(CARGO) test --workspace
+	$(CARGO) test -p ringcast --no-default-features --lib --test api
 
 # Server-level tests drive a real `ringcast` process with real clients.
 pytest: deps

@@ -68,6 +68,17 @@ fn config(s: &Settings) -> BackplaneConfig {
 }
 
 impl Link {
+    /// This node's id, settled with Redis.
+    pub fn node_id(&self) -> u16 {
+        self.backplane.node_id()
+    }
+
+    /// The backplane's counters, for `/metrics`.
+    pub fn metrics(&self) -> Box<dyn Fn(&mut String) + Send + Sync> {
+        let stats = self.backplane.stats();
+        Box::new(move |out| stats.render(out))
+    }
+
     /// The shards run: from now on backplane events reach them.
     pub fn connect(&self, reactor: Handle<Mail>) {
         let stats = self.backplane.stats();

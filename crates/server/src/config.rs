@@ -211,6 +211,22 @@ fn parse_redis_url(s: &str) -> Result<String, String> {
     if t.is_empty() {
         return Ok(String::new());
     }
+    if cfg!(not(feature = "cluster")) {
+        return Err(
+            "this ringcast was built without cluster support (the `cluster` feature)".into(),
+        );
+    }
+    check_redis_url(t)?;
+    Ok(t.to_string())
+}
+
+#[cfg(not(feature = "cluster"))]
+fn check_redis_url(_: &str) -> Result<(), String> {
+    Ok(())
+}
+
+#[cfg(feature = "cluster")]
+fn check_redis_url(t: &str) -> Result<(), String> {
     if t.starts_with("rediss://") {
         return Err(format!(
             "TLS (rediss://) is not supported in {:?}: use redis:// (through a TLS tunnel if needed)",
@@ -229,7 +245,7 @@ fn parse_redis_url(s: &str) -> Result<String, String> {
             crate::backplane::redact_url(t)
         )
     })?;
-    Ok(t.to_string())
+    Ok(())
 }
 
 /// Namespace of the Redis keys and channels.
@@ -695,6 +711,15 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    #[cfg(not(feature = "cluster"))]
+    #[test]
+    fn redis_is_refused_without_cluster_support() {
+        assert_eq!(parse_redis_url(""), Ok(String::new()));
+        let e = parse_redis_url("redis://127.0.0.1:6379/0").unwrap_err();
+        assert!(e.contains("cluster"), "{e}");
+    }
+
+    #[cfg(feature = "cluster")]
     #[test]
     fn redis_settings() {
         let s = Settings::defaults();

@@ -28,11 +28,16 @@
 //! - `metrics`, `systemd`, `page`: Prometheus, sd_notify, the chat page.
 
 mod api;
+#[cfg(feature = "cluster")]
 pub mod backplane;
 mod bufpool;
 mod channel;
 mod chat;
 pub mod cli;
+#[cfg(feature = "cluster")]
+mod cluster;
+#[cfg(not(feature = "cluster"))]
+#[path = "cluster_off.rs"]
 mod cluster;
 pub mod config;
 mod id;

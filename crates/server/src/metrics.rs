@@ -631,6 +631,7 @@ mod tests {
         assert_eq!(s["ringcast_bytes_received_total"], 100_000.0);
     }
 
+    #[cfg(feature = "cluster")]
     #[test]
     fn backplane_and_extra_families() {
         use crate::backplane::BackplaneStats;

@@ -6,6 +6,7 @@
 //! connection by id (push, close, subscribe, notices, the backplane's
 //! inbound pushes) asks [`Router::route`], so the rules live here once.
 
+#[cfg(feature = "cluster")]
 use crate::backplane::SendError;
 use crate::id::ConnId;
 
@@ -60,6 +61,7 @@ pub enum PushError {
     /// No such connection (or no way to reach its node).
     Gone,
     /// The backplane did not take it.
+    #[cfg(feature = "cluster")]
     Backplane(SendError),
 }
 
@@ -67,6 +69,7 @@ impl std::fmt::Display for PushError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             PushError::Gone => f.write_str("not connected"),
+            #[cfg(feature = "cluster")]
             PushError::Backplane(e) => write!(f, "cannot reach it: {e}"),
         }
     }

@@ -126,15 +126,12 @@ pub(crate) fn start<D: Default + 'static>(server: Server<D>) -> io::Result<Runni
         .collect();
     let mut metrics = Metrics::new(shard_metrics, backend_name);
     if let Some(link) = &cluster {
-        let stats = link.backplane.stats();
-        metrics = metrics.with_extra(Box::new(move |out| stats.render(out)));
+        metrics = metrics.with_extra(link.metrics());
     }
     let metrics = Arc::new(metrics);
     let notifier = Arc::new(Notifier::from_env());
     let cfg = reactor_config(&settings, shards, backend, inherited);
-    let node = cluster
-        .as_ref()
-        .map_or(settings.node_id, |l| l.backplane.node_id());
+    let node = cluster.as_ref().map_or(settings.node_id, |l| l.node_id());
     let shared = Arc::new(Shared {
         node,
         cluster,

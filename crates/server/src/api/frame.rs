@@ -53,6 +53,7 @@ impl Frame {
     /// An encoded frame received from another node (a push or topic message
     /// on the backplane): accepted only if it is exactly one unmasked, final
     /// text or binary frame, so nothing else can reach a client.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))] // used by cluster mode
     pub(crate) fn from_wire(b: Bytes) -> Option<Frame> {
         FrameHeader::read_server_message(&b).map(|_| Frame(b))
     }

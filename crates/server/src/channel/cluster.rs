@@ -23,6 +23,35 @@ use crate::id::ConnId;
 /// connection). Far above any healthy round trip, so it never cuts one short.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What the owner knew of a member as it left, in cluster mode.
+#[derive(Clone, Copy)]
+pub(super) struct Left {
+    /// A presence member Redis never took: its leave stays on this node.
+    local_only: bool,
+    /// The node holds a Redis subscription for the channel.
+    subscribed: bool,
+}
+
+impl Left {
+    /// Takes `conn` out of `room`'s cluster bookkeeping.
+    pub(super) fn of(room: &mut Owned, port: &dyn Port, conn: ConnId) -> Left {
+        let mut local_only = false;
+        if port.backplane().is_some() {
+            if let Some(p) = room.pending.iter_mut().find(|p| p.conn == conn && !p.left) {
+                p.left = true;
+            }
+            if let Some(i) = room.local_only.iter().position(|c| *c == conn) {
+                room.local_only.swap_remove(i);
+                local_only = true;
+            }
+        }
+        Left {
+            local_only,
+            subscribed: room.subscribed,
+        }
+    }
+}
+
 /// A presence member whose join went to Redis and has not come back yet.
 pub(crate) struct Pending {
     conn: ConnId,
@@ -95,19 +124,29 @@ impl Channels {
         }
     }
 
-    /// Owner, cluster mode: `conn` left `room`. Returns whether it was a
-    /// local-only member (its leave does not go to Redis).
-    pub(super) fn cluster_left(room: &mut Owned, conn: ConnId) -> bool {
-        if let Some(p) = room.pending.iter_mut().find(|p| p.conn == conn && !p.left) {
-            p.left = true;
+    /// Owner, cluster mode: what a leave does. Every member's join went to
+    /// Redis; so does its leave, whose event (with the cluster-wide count)
+    /// comes back to the others. A local-only member's leave is sequenced
+    /// here (returns false: not handled); so is everything on a single node.
+    pub(super) fn cluster_unsubscribe(
+        &mut self,
+        port: &mut dyn Port,
+        topic: &Topic,
+        conn: ConnId,
+        presence: &Option<Bytes>,
+        left: Left,
+        empty: bool,
+    ) -> bool {
+        let Some(bp) = port.backplane() else {
+            return false;
+        };
+        match presence {
+            Some(payload) if !left.local_only => bp.leave(topic, conn.as_u64(), payload.clone()),
+            Some(_) => return false,
+            None if empty && left.subscribed => bp.unsubscribe(topic),
+            None => {}
         }
-        match room.local_only.iter().position(|c| *c == conn) {
-            Some(i) => {
-                room.local_only.swap_remove(i);
-                true
-            }
-            None => false,
-        }
+        true
     }
 
     /// Owner, cluster mode: a message goes to Redis, which numbers it.
@@ -234,6 +273,12 @@ impl Channels {
             }
             _ => {}
         }
+    }
+
+    /// The shared name of a channel this shard owns (events from the
+    /// backplane name it by a string of their own).
+    fn owned_key(&self, topic: &str) -> Option<Topic> {
+        self.owned.get_key_value(topic).map(|(k, _)| k.clone())
     }
 
     /// The joiner's own join event is back: let it in before that event is

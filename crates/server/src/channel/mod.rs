@@ -27,6 +27,7 @@
 //! what comes back), `directory` (the counts and member lists that queries
 //! read from any thread).
 
+#[cfg(feature = "cluster")]
 mod cluster;
 mod directory;
 mod owner;
@@ -37,6 +38,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::api::Frame;
+#[cfg(feature = "cluster")]
 use crate::backplane::Inbound;
 use crate::id::ConnId;
 
@@ -46,6 +48,7 @@ pub(crate) use subscriber::{Members, Sub};
 use std::collections::HashMap;
 use std::time::Instant;
 
+#[cfg(feature = "cluster")]
 use crate::backplane::Backplane;
 
 /// Channel names are shared between shards without copying.
@@ -116,6 +119,7 @@ pub(crate) trait Port {
     /// This shard's index, and how many there are.
     fn shard(&self) -> usize;
     fn shards(&self) -> usize;
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))] // used by cluster mode
     fn now(&self) -> Instant;
     /// An open connection of this shard: its slot and memberships.
     fn subs(&mut self, conn: ConnId) -> Option<(u32, &mut Vec<Sub>)>;
@@ -127,13 +131,16 @@ pub(crate) trait Port {
     /// applied, counted in the metrics).
     fn deliver(&mut self, slots: &[u32], frame: &Frame);
     /// Sends `frame` to one connection of this node.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))] // used by cluster mode
     fn push(&mut self, conn: ConnId, frame: Frame);
     /// Tells connection `conn` (any shard of this node) that something it
     /// asked for went wrong (the app's `on_notice`).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))] // used by cluster mode
     fn notice(&mut self, conn: ConnId, text: String);
     /// The app's frame for an event; `None` drops it.
     fn render(&self, ev: &ChannelEvent<'_>) -> Option<Frame>;
     /// Cluster mode: the backplane.
+    #[cfg(feature = "cluster")]
     fn backplane(&self) -> Option<&Backplane>;
     /// The `ringcast_rooms` gauge: presence channels this shard owns.
     fn set_presence_channels(&self, n: usize);
@@ -150,8 +157,10 @@ pub(crate) struct Channels {
     /// How many of them have presence members (the `ringcast_rooms` gauge).
     presence_channels: usize,
     /// Pending joins over all owned channels (the sweep skips them at 0).
+    #[cfg(feature = "cluster")]
     pending: usize,
     /// API publishes the backplane refused (for the log; counted there).
+    #[cfg(feature = "cluster")]
     unsent: u64,
     /// Reused target list for fan-out.
     targets: Vec<usize>,
@@ -166,7 +175,9 @@ impl Channels {
             next_gen: 0,
             owned: HashMap::new(),
             presence_channels: 0,
+            #[cfg(feature = "cluster")]
             pending: 0,
+            #[cfg(feature = "cluster")]
             unsent: 0,
             targets: Vec::new(),
             directory,
@@ -211,6 +222,7 @@ impl Channels {
                 presence,
             } => self.owner_unsubscribe(port, topic, from, conn, presence),
             ChannelMail::Publish { topic, event } => self.owner_publish(port, topic, event),
+            #[cfg(feature = "cluster")]
             ChannelMail::Remote(ev) => self.on_remote(port, *ev),
             ChannelMail::Activate { topic, conn, gen } => self.activate(port, topic, conn, gen),
             ChannelMail::Deliver { topic, frame } => self.deliver(port, &topic, &frame),
@@ -236,6 +248,7 @@ pub(crate) enum Event {
         origin: Option<ConnId>,
         payload: Bytes,
     },
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))] // used by cluster mode
     Members,
 }
 
@@ -284,6 +297,7 @@ pub(crate) enum ChannelMail {
     Publish { topic: Topic, event: Event },
     /// To the owner, from the backplane thread (cluster mode): a channel
     /// event that came back from Redis, or one Redis did not take.
+    #[cfg(feature = "cluster")]
     Remote(Box<Inbound>),
     /// From the owner: the subscription `gen` of `conn` now receives events.
     Activate {
@@ -304,6 +318,7 @@ impl ChannelMail {
             | ChannelMail::Publish { topic, .. }
             | ChannelMail::Activate { topic, .. }
             | ChannelMail::Deliver { topic, .. } => Some(topic),
+            #[cfg(feature = "cluster")]
             ChannelMail::Remote(ev) => remote_topic(ev),
         }
     }
@@ -318,6 +333,7 @@ pub(crate) fn publish_mail(channel: &str, frame: Frame) -> ChannelMail {
 }
 
 /// The channel a backplane event is about (routes it to the owner shard).
+#[cfg(feature = "cluster")]
 pub(crate) fn remote_topic(ev: &Inbound) -> Option<&str> {
     use crate::backplane::FailedOp;
     match ev {
@@ -376,6 +392,11 @@ mod tests {
     fn mail_names_its_channel() {
         let m = publish_mail("news", Frame::text("x"));
         assert_eq!(m.topic(), Some("news"));
+    }
+
+    #[cfg(feature = "cluster")]
+    #[test]
+    fn remote_mail_names_its_channel_if_it_has_one() {
         let up = ChannelMail::Remote(Box::new(Inbound::Up { node: 1 }));
         assert_eq!(up.topic(), None);
     }

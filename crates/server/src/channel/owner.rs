@@ -7,6 +7,7 @@
 
 use bytes::Bytes;
 
+#[cfg(feature = "cluster")]
 use super::cluster::Pending;
 use super::directory::Presence;
 use super::{ChannelEvent, ChannelInfo, ChannelMail, Channels, Event, Port, Topic};
@@ -22,13 +23,17 @@ pub(crate) struct Owned {
     /// Last sequence number (cluster mode: the last one seen from Redis).
     pub seq: u64,
     /// Cluster mode: presence joins waiting for their own join event.
+    #[cfg(feature = "cluster")]
     pub pending: Vec<Pending>,
     /// Cluster mode: presence members the backplane refused (queue full);
     /// they are members on this node only.
+    #[cfg(feature = "cluster")]
     pub local_only: Vec<ConnId>,
     /// Cluster mode, plain subscriptions: the backplane holds ours.
+    #[cfg(feature = "cluster")]
     pub subscribed: bool,
     /// Cluster mode: the last cluster-wide member count seen.
+    #[cfg(feature = "cluster")]
     pub cluster_members: usize,
 }
 
@@ -39,9 +44,13 @@ impl Owned {
             presence: 0,
             per_shard: vec![0; shards].into_boxed_slice(),
             seq: 0,
+            #[cfg(feature = "cluster")]
             pending: Vec::new(),
+            #[cfg(feature = "cluster")]
             local_only: Vec::new(),
+            #[cfg(feature = "cluster")]
             subscribed: false,
+            #[cfg(feature = "cluster")]
             cluster_members: 0,
         }
     }
@@ -88,6 +97,7 @@ impl Channels {
             conn,
             gen,
         };
+        #[cfg(feature = "cluster")]
         if port.backplane().is_some() {
             return self.cluster_subscribe(port, topic, from, activate, presence);
         }
@@ -121,35 +131,34 @@ impl Channels {
                 port.set_presence_channels(self.presence_channels);
             }
         }
-        let local_only = port.backplane().is_some() && Self::cluster_left(room, conn);
+        #[cfg(feature = "cluster")]
+        let left = super::cluster::Left::of(room, port, conn);
         let empty = room.members == 0;
-        let subscribed = room.subscribed;
         self.record(
             port,
             &topic,
             presence.is_some().then_some(Presence::Left(conn)),
         );
         if empty {
-            if let Some(gone) = self.owned.remove(&topic) {
+            let _gone = self.owned.remove(&topic);
+            #[cfg(feature = "cluster")]
+            if let Some(gone) = _gone {
                 self.pending -= gone.pending.len();
             }
         }
-        match (port.backplane(), presence) {
-            // Every member's join went to Redis; so does its leave, whose
-            // event (with the cluster-wide count) comes back to the others.
-            (Some(bp), Some(payload)) if !local_only => bp.leave(&topic, conn.as_u64(), payload),
-            (Some(bp), None) if empty && subscribed => bp.unsubscribe(&topic),
-            (Some(_), None) => {}
-            (_, Some(payload)) if !empty => {
-                self.sequence(port, &topic, Event::Leave { conn, payload })
-            }
-            _ => {}
+        #[cfg(feature = "cluster")]
+        if self.cluster_unsubscribe(port, &topic, conn, &presence, left, empty) {
+            return;
+        }
+        if let (Some(payload), false) = (presence, empty) {
+            self.sequence(port, &topic, Event::Leave { conn, payload })
         }
     }
 
     /// Owner: a message. Single node: sequenced here. Cluster: Redis
     /// orders it; it is delivered when it comes back.
     pub(super) fn owner_publish(&mut self, port: &mut dyn Port, topic: Topic, event: Event) {
+        #[cfg(feature = "cluster")]
         if port.backplane().is_some() {
             return self.cluster_publish(port, topic, event);
         }
@@ -180,6 +189,7 @@ impl Channels {
             return; // no subscribers here
         };
         room.seq = seq.unwrap_or(room.seq + 1);
+        #[cfg(feature = "cluster")]
         if let Some(n) = members {
             room.cluster_members = n;
         }
@@ -220,12 +230,6 @@ impl Channels {
             }
         }
         self.targets = targets;
-    }
-
-    /// The shared name of a channel this shard owns (events from the
-    /// backplane name it by a string of their own).
-    pub(super) fn owned_key(&self, topic: &str) -> Option<Topic> {
-        self.owned.get_key_value(topic).map(|(k, _)| k.clone())
     }
 
     /// Publishes `topic`'s counts (and a member change) for queries.

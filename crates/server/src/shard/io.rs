@@ -37,6 +37,7 @@ pub(crate) enum Mail {
         topic: Box<str>,
     },
     /// For the app's `on_notice` of connection `to`.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))] // used by cluster mode
     Notice {
         to: ConnId,
         text: Box<str>,

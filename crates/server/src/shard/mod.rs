@@ -36,6 +36,7 @@ use ringcast_reactor::{CloseReason, Conn, Input, TimerId};
 pub(crate) use io::{Io, Mail};
 
 use crate::api::{Frame, Handlers, RenderFn};
+#[cfg(feature = "cluster")]
 use crate::backplane::Backplane;
 use crate::channel::{ChannelEvent, ChannelMail, Channels, Directory, Members, Port, Sub};
 use crate::cluster::Link;
@@ -67,12 +68,14 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// The backplane, in cluster mode.
+    #[cfg(feature = "cluster")]
     pub fn backplane(&self) -> Option<&Backplane> {
         self.cluster.as_ref().map(|l| &l.backplane)
     }
 
     /// A push to a connection of another node: through the backplane, or
     /// nowhere on a single node.
+    #[cfg(feature = "cluster")]
     pub fn push_remote(
         &self,
         to: ConnId,
@@ -82,6 +85,12 @@ impl Shared {
         let bp = self.backplane().ok_or(PushError::Gone)?;
         bp.push(to.node(), to.as_u64(), frame.0, origin.map(ConnId::as_u64))
             .map_err(PushError::Backplane)
+    }
+
+    /// Without cluster support no other node is reachable.
+    #[cfg(not(feature = "cluster"))]
+    pub fn push_remote(&self, _: ConnId, _: Frame, _: Option<ConnId>) -> Result<(), PushError> {
+        Err(PushError::Gone)
     }
 }
 
@@ -288,6 +297,7 @@ impl<D: Default + 'static> ShardState<D> {
                 }
             }
         }
+        #[cfg(feature = "cluster")]
         self.with_channels(io, |ch, port| ch.expire_pending(port, now));
         for slot in expired.drain(..) {
             self.metrics.handshake_failure(408);
@@ -338,6 +348,7 @@ struct ShardPort<'a, D> {
     router: Router,
     table: &'a mut Table<D>,
     outbox: &'a mut Outbox,
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))] // used by cluster mode
     notices: &'a mut Vec<(ConnId, Box<str>)>,
     io: &'a mut dyn Io,
     shared: &'a Shared,
@@ -423,6 +434,7 @@ impl<D> Port for ShardPort<'_, D> {
         }
     }
 
+    #[cfg(feature = "cluster")]
     fn backplane(&self) -> Option<&Backplane> {
         self.shared.backplane()
     }
