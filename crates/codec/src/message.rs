@@ -282,6 +282,20 @@ impl<P: BufferPool> Decoder<P> {
         lend: &mut impl Lend<'a>,
         mut sink: impl FnMut(Message<'_>) -> ControlFlow<()>,
     ) -> Result<(), ProtocolError> {
+        self.decode_framed(chunk, lend, |m, _| sink(m))
+    }
+
+    /// [`decode_lent`](Decoder::decode_lent), also handing the sink the
+    /// server frame that carries a data message when the decoder built one
+    /// (in a [`BufferPool::frame_buf`] buffer, or lent in place): the
+    /// message's payload is that frame's payload, so sending the message on
+    /// as it is needs only a clone of the `Bytes`.
+    pub fn decode_framed<'a>(
+        &mut self,
+        chunk: &'a mut [u8],
+        lend: &mut impl Lend<'a>,
+        mut sink: impl FnMut(Message<'_>, Option<&Bytes>) -> ControlFlow<()>,
+    ) -> Result<(), ProtocolError> {
         match self.state {
             State::Open => {}
             State::Done => return Ok(()),
@@ -428,7 +442,7 @@ impl<P: BufferPool> Decoder<P> {
         &mut self,
         mut chunk: &'a mut [u8],
         lend: &mut impl Lend<'a>,
-        sink: &mut impl FnMut(Message<'_>) -> ControlFlow<()>,
+        sink: &mut impl FnMut(Message<'_>, Option<&Bytes>) -> ControlFlow<()>,
     ) -> Result<(), ProtocolError> {
         let mut pos = 0;
         loop {
@@ -496,10 +510,10 @@ impl<P: BufferPool> Decoder<P> {
                     }
                     let flow = match h.opcode {
                         OpCode::Text => match utf8::validate(payload) {
-                            Some(s) => sink(Message::Text(s)),
+                            Some(s) => sink(Message::Text(s), None),
                             None => return Err(INVALID_TEXT),
                         },
-                        OpCode::Binary => sink(Message::Binary(payload)),
+                        OpCode::Binary => sink(Message::Binary(payload), None),
                         op => control(op, payload, sink)?,
                     };
                     if flow.is_break() {
@@ -570,11 +584,11 @@ impl<P: BufferPool> Decoder<P> {
                         if self.msg_start > 0 {
                             self.lend_assembled(sink, true)
                         } else {
-                            sink(Message::Text(checked_text(&self.msg)))
+                            sink(Message::Text(checked_text(&self.msg)), None)
                         }
                     }
                     _ if self.msg_start > 0 => self.lend_assembled(sink, false),
-                    _ => sink(Message::Binary(&self.msg)),
+                    _ => sink(Message::Binary(&self.msg), None),
                 };
                 // The message is out: return its buffer so idle
                 // connections hold no heap memory.
@@ -598,7 +612,7 @@ impl<P: BufferPool> Decoder<P> {
         payload: &[u8],
         opcode: OpCode,
         key: Option<[u8; 4]>,
-        sink: &mut impl FnMut(Message<'_>) -> ControlFlow<()>,
+        sink: &mut impl FnMut(Message<'_>, Option<&Bytes>) -> ControlFlow<()>,
     ) -> Result<ControlFlow<()>, ProtocolError> {
         let start = frame.len();
         match key {
@@ -609,10 +623,10 @@ impl<P: BufferPool> Decoder<P> {
         let payload = &frame[start..];
         Ok(match opcode {
             OpCode::Text => match utf8::validate(payload) {
-                Some(s) => sink(Message::Text(s)),
+                Some(s) => sink(Message::Text(s), Some(&frame)),
                 None => return Err(INVALID_TEXT),
             },
-            _ => sink(Message::Binary(payload)),
+            _ => sink(Message::Binary(payload), Some(&frame)),
         })
     }
 
@@ -620,16 +634,16 @@ impl<P: BufferPool> Decoder<P> {
     /// validated piece by piece when `text`).
     fn lend_assembled(
         &mut self,
-        sink: &mut impl FnMut(Message<'_>) -> ControlFlow<()>,
+        sink: &mut impl FnMut(Message<'_>, Option<&Bytes>) -> ControlFlow<()>,
         text: bool,
     ) -> ControlFlow<()> {
         let start = std::mem::take(&mut self.msg_start);
         let frame = self.pool.seal(std::mem::take(&mut self.msg));
         let payload = &frame[start..];
         if text {
-            sink(Message::Text(checked_text(payload)))
+            sink(Message::Text(checked_text(payload)), Some(&frame))
         } else {
-            sink(Message::Binary(payload))
+            sink(Message::Binary(payload), Some(&frame))
         }
     }
 
@@ -667,7 +681,7 @@ fn lend_in_place<'a>(
     opcode: OpCode,
     key: [u8; 4],
     lend: &mut impl Lend<'a>,
-    sink: &mut impl FnMut(Message<'_>) -> ControlFlow<()>,
+    sink: &mut impl FnMut(Message<'_>, Option<&Bytes>) -> ControlFlow<()>,
 ) -> Result<ControlFlow<()>, ProtocolError> {
     let len = frame.len() - header;
     mask::unmask(&mut frame[header..], key, 0);
@@ -675,19 +689,19 @@ fn lend_in_place<'a>(
     encode_header(&mut h, true, opcode, len as u64, None);
     frame[..header].copy_from_slice(&h[..header]);
     let kept;
-    let payload: &[u8] = match lend.lend(frame) {
+    let (payload, lent): (&[u8], Option<&Bytes>) = match lend.lend(frame) {
         Ok(frame) => {
             kept = frame;
-            &kept[header..]
+            (&kept[header..], Some(&kept))
         }
-        Err(frame) => &frame[header..],
+        Err(frame) => (&frame[header..], None),
     };
     Ok(match opcode {
         OpCode::Text => match utf8::validate(payload) {
-            Some(s) => sink(Message::Text(s)),
+            Some(s) => sink(Message::Text(s), lent),
             None => return Err(INVALID_TEXT),
         },
-        _ => sink(Message::Binary(payload)),
+        _ => sink(Message::Binary(payload), lent),
     })
 }
 
@@ -707,14 +721,14 @@ fn checked_text(bytes: &[u8]) -> &str {
 fn control(
     op: OpCode,
     payload: &[u8],
-    sink: &mut impl FnMut(Message<'_>) -> ControlFlow<()>,
+    sink: &mut impl FnMut(Message<'_>, Option<&Bytes>) -> ControlFlow<()>,
 ) -> Result<ControlFlow<()>, ProtocolError> {
     Ok(match op {
-        OpCode::Ping => sink(Message::Ping(payload)),
-        OpCode::Pong => sink(Message::Pong(payload)),
+        OpCode::Ping => sink(Message::Ping(payload), None),
+        OpCode::Pong => sink(Message::Pong(payload), None),
         OpCode::Close => {
             let cf = parse_close_payload(payload)?;
-            let _ = sink(Message::Close(cf));
+            let _ = sink(Message::Close(cf), None);
             // Nothing after a close frame is processed (§5.5.1).
             ControlFlow::Break(())
         }

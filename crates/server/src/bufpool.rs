@@ -18,19 +18,18 @@
 //! The decoder also turns each large incoming message into a server frame:
 //! right in the reactor's receive buffer when it arrived whole and the
 //! reactor lends that buffer ([`Received`]), else in a pooled buffer (see
-//! `BufferPool::frame_buf`). While the app handles that message, the frame
-//! is kept here, and a [`frame`] of exactly those bytes (the echo route
-//! pushing the message back, `/broadcast` publishing it) is that frame,
-//! shared: no copy. Unmasking in place and copying the payload into a new
-//! frame afterwards were 10% and 11% of the server's CPU in the 16 KiB
-//! echo.
+//! `BufferPool::frame_buf`). That frame travels with the message to the app
+//! (`Decoder::decode_framed` → `Message`), so sending the message on as it
+//! is (the echo route, `/broadcast`) shares it: no copy. Unmasking in place
+//! and copying the payload into a new frame afterwards were 10% and 11% of
+//! the server's CPU in the 16 KiB echo.
 
 use std::cell::RefCell;
 
 use bytes::Bytes;
 use ringcast_codec::{
-    encode_header, server_frame, server_frame_into, server_frame_len, BufferPool, FrameHeader,
-    Lend, OpCode, MAX_HEADER_LEN,
+    encode_header, server_frame, server_frame_into, server_frame_len, BufferPool, Lend, OpCode,
+    MAX_HEADER_LEN,
 };
 
 /// log2 of the smallest pooled capacity (4 KiB).
@@ -55,11 +54,6 @@ thread_local! {
             limit: 0,
         })
     };
-}
-
-thread_local! {
-    /// The frame the decoder built for the message being handled now.
-    static LENT: RefCell<Option<Bytes>> = const { RefCell::new(None) };
 }
 
 /// Lets this thread (a shard) keep up to `limit` bytes of buffers.
@@ -140,42 +134,15 @@ impl Drop for Recycled {
     }
 }
 
-/// An unmasked final frame, in a pooled buffer when it is large, or the
-/// decoder's frame when `payload` is the message being handled.
+/// An unmasked final frame, in a pooled buffer when it is large.
 pub(crate) fn frame(opcode: OpCode, payload: &[u8]) -> Bytes {
     let len = server_frame_len(payload.len());
     if class_for_request(len).is_none() {
-        // Lent frames are never this small (see `ShardPool::frame_buf`), so
-        // small messages skip the thread-local lookup.
         return server_frame(opcode, payload);
-    }
-    if let Some(f) = lent_frame(opcode, payload) {
-        return f;
     }
     let mut buf = take(len);
     server_frame_into(&mut buf, opcode, payload);
     Bytes::from_owner(Recycled(buf))
-}
-
-/// The lent frame, if `payload` is exactly its whole payload (same memory,
-/// same length) and `opcode` matches.
-fn lent_frame(opcode: OpCode, payload: &[u8]) -> Option<Bytes> {
-    LENT.try_with(|l| {
-        let l = l.borrow();
-        let f = l.as_ref()?;
-        let h = FrameHeader::read_server_message(f)?;
-        let same = h.opcode == opcode
-            && h.payload_len == payload.len() as u64
-            && std::ptr::eq(f[h.header_len..].as_ptr(), payload.as_ptr());
-        same.then(|| f.clone())
-    })
-    .ok()
-    .flatten()
-}
-
-/// The message is handled: its frame stays alive only where it was sent.
-pub(crate) fn end_message() {
-    let _ = LENT.try_with(|l| l.borrow_mut().take());
 }
 
 /// The decoder's view of this thread's pool.
@@ -203,15 +170,8 @@ impl BufferPool for ShardPool {
     }
 
     fn seal(&mut self, frame: Vec<u8>) -> Bytes {
-        keep_lent(Bytes::from_owner(Recycled(frame)))
+        Bytes::from_owner(Recycled(frame))
     }
-}
-
-/// Makes `frame` the one a [`frame`] of its payload returns until
-/// [`end_message`].
-fn keep_lent(frame: Bytes) -> Bytes {
-    let _ = LENT.try_with(|l| *l.borrow_mut() = Some(frame.clone()));
-    frame
 }
 
 /// The decoder's view of the reactor's receive buffer: large messages that
@@ -228,7 +188,7 @@ impl<'a> Lend<'a> for Received<'a> {
 
     fn lend(&mut self, frame: &'a mut [u8]) -> Result<Bytes, &'a mut [u8]> {
         match &self.0 {
-            Some(l) => l.lend(frame).map(keep_lent),
+            Some(l) => l.lend(frame),
             None => Err(frame),
         }
     }
@@ -286,7 +246,7 @@ mod tests {
     }
 
     #[test]
-    fn the_message_being_handled_is_sent_as_its_own_frame() {
+    fn large_messages_are_built_as_their_frame() {
         std::thread::spawn(|| {
             configure(1 << 20);
             let payload: Vec<u8> = (0..6000u32).map(|i| i as u8).collect();
@@ -298,28 +258,11 @@ mod tests {
             let mut buf = pool.frame_buf(OpCode::Binary, payload.len()).unwrap();
             buf.extend_from_slice(&payload);
             let sealed = pool.seal(buf);
-            let msg = &sealed[4..];
             assert_eq!(sealed, server_frame(OpCode::Binary, &payload));
-
-            // The same bytes: the same buffer, shared.
-            let f = frame(OpCode::Binary, msg);
-            assert_eq!(f.as_ptr(), sealed.as_ptr());
-            // A copy of them, a part of them or another opcode: a new frame.
-            for (op, p) in [
-                (OpCode::Binary, &payload[..]),
-                (OpCode::Binary, &msg[..5999]),
-                (OpCode::Binary, &msg[1..]),
-                (OpCode::Text, msg),
-            ] {
-                let g = frame(op, p);
-                assert_ne!(g.as_ptr(), sealed.as_ptr());
-                assert_eq!(g, server_frame(op, p));
-            }
-            // Handled: nothing keeps the buffer but the frames sent.
-            end_message();
-            let g = frame(OpCode::Binary, msg);
-            assert_ne!(g.as_ptr(), sealed.as_ptr());
-            drop((f, g, sealed));
+            // Sealed frames go back to the pool when the last clone goes.
+            let held_before = held();
+            drop(sealed);
+            assert_eq!(held(), held_before + 8192);
         })
         .join()
         .unwrap();

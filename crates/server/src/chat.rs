@@ -321,7 +321,7 @@ pub(crate) fn on_message<D: Default + 'static>(
     msg: Message<'_>,
     limits: &Limits,
 ) {
-    let Message::Text(text) = msg else {
+    let Some(text) = msg.as_text() else {
         ctx.push(
             conn,
             error("binary messages are not supported: send JSON text"),

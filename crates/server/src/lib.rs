@@ -52,7 +52,7 @@ mod shard;
 mod signals;
 pub mod systemd;
 
-pub use api::{Ctx, Frame, Message, Request, Response, Running, Server, ServerHandle};
+pub use api::{Ctx, Data, Frame, Message, Request, Response, Running, Server, ServerHandle};
 pub use channel::{ChannelEvent, ChannelInfo, EventKind};
 pub use config::Settings;
 pub use id::ConnId;

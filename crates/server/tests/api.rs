@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ringcast::BackendChoice;
-use ringcast::{ConnId, EventKind, Frame, Message, Running, Server, Settings};
+use ringcast::{ConnId, EventKind, Frame, Running, Server, Settings};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -165,7 +165,7 @@ fn handler_panic_closes_that_connection_with_1011() {
         let seen = closes.clone();
         let running = Server::new(settings(backend, 1))
             .on_message(|ctx, conn, msg| {
-                if msg == Message::Text("boom") {
+                if msg.as_text() == Some("boom") {
                     panic!("test panic in on_message");
                 }
                 ctx.push(conn, msg);
@@ -235,7 +235,7 @@ fn api_server(backend: BackendChoice) -> Running {
             ctx.push(conn, format!("id:{}", conn.as_u64()));
         })
         .on_message(|ctx, conn, msg| {
-            let Message::Text(t) = msg else { return };
+            let Some(t) = msg.as_text() else { return };
             if let Some(rest) = t.strip_prefix("to:") {
                 let (id, body) = rest.split_once(':').unwrap();
                 let to = ConnId::from_u64(id.parse().unwrap());
@@ -396,7 +396,7 @@ fn presence_server(backend: BackendChoice) -> Running {
             assert!(!ctx.join(conn, ROOM, name.into_bytes()), "joined twice");
         })
         .on_message(|ctx, conn, msg| {
-            let Message::Text(t) = msg else { return };
+            let Some(t) = msg.as_text() else { return };
             if let Some(text) = t.strip_prefix("say:") {
                 ctx.publish_event(ROOM, Some(conn), text.as_bytes().to_vec());
             } else if t == "leave" {

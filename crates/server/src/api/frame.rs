@@ -5,24 +5,77 @@ use std::borrow::Cow;
 use bytes::Bytes;
 use ringcast_codec::{FrameHeader, OpCode};
 
-/// A complete data message from a client.
+/// A complete data message from a client: its [`Data`], and the server
+/// frame the decoder built for it when it did (large messages: see
+/// `From<Message> for Frame`).
+#[derive(Copy, Clone, Debug)]
+pub struct Message<'a> {
+    data: Data<'a>,
+    frame: Option<&'a Bytes>,
+}
+
+/// What a [`Message`] holds.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum Message<'a> {
+pub enum Data<'a> {
     /// A text message (valid UTF-8).
     Text(&'a str),
     /// A binary message.
     Binary(&'a [u8]),
 }
 
-impl Message<'_> {
+impl<'a> Message<'a> {
+    /// A text message (for tests and for handlers called by hand).
+    pub fn text(s: &'a str) -> Message<'a> {
+        Message {
+            data: Data::Text(s),
+            frame: None,
+        }
+    }
+
+    /// A binary message.
+    pub fn binary(b: &'a [u8]) -> Message<'a> {
+        Message {
+            data: Data::Binary(b),
+            frame: None,
+        }
+    }
+
+    /// A message whose payload is exactly `frame`'s payload (the decoder
+    /// guarantees it).
+    pub(crate) fn framed(data: Data<'a>, frame: Option<&'a Bytes>) -> Message<'a> {
+        Message { data, frame }
+    }
+
+    /// Text or binary, with the payload.
+    pub fn data(&self) -> Data<'a> {
+        self.data
+    }
+
+    /// The text, if it is a text message.
+    pub fn as_text(&self) -> Option<&'a str> {
+        match self.data {
+            Data::Text(s) => Some(s),
+            Data::Binary(_) => None,
+        }
+    }
+
     /// The payload bytes.
-    pub fn as_bytes(&self) -> &[u8] {
-        match self {
-            Message::Text(s) => s.as_bytes(),
-            Message::Binary(b) => b,
+    pub fn as_bytes(&self) -> &'a [u8] {
+        match self.data {
+            Data::Text(s) => s.as_bytes(),
+            Data::Binary(b) => b,
         }
     }
 }
+
+/// Messages are equal when their data are (however they arrived).
+impl PartialEq for Message<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.data == other.data
+    }
+}
+
+impl Eq for Message<'_> {}
 
 /// An encoded server frame. Encoding happens once; cloning shares the same
 /// buffer, so one `Frame` can go to any number of clients on any shard.
@@ -94,12 +147,18 @@ impl From<Vec<u8>> for Frame {
     }
 }
 
-/// Same opcode as the message: text stays text, binary stays binary.
+/// Same opcode as the message: text stays text, binary stays binary. A
+/// large message (4 KiB or more) already is its frame, built by the decoder
+/// while unmasking (often right in the receive buffer): sending it on as it
+/// is shares that frame, with no copy.
 impl From<Message<'_>> for Frame {
     fn from(m: Message<'_>) -> Frame {
-        match m {
-            Message::Text(s) => Frame::text(s),
-            Message::Binary(b) => Frame::binary(b),
+        if let Some(f) = m.frame {
+            return Frame(f.clone());
+        }
+        match m.data {
+            Data::Text(s) => Frame::text(s),
+            Data::Binary(b) => Frame::binary(b),
         }
     }
 }
@@ -204,5 +263,21 @@ mod tests {
             assert!(Frame::from_wire(bad.clone()).is_none(), "{bad:?}");
         }
         assert_eq!(Frame::text("abc").payload_len(), 3);
+    }
+
+    #[test]
+    fn a_message_sent_on_as_it_is_shares_the_frame_it_came_in() {
+        let payload = vec![5u8; 6000];
+        let built = Bytes::from(ringcast_codec::server_frame(OpCode::Binary, &payload).to_vec());
+        let msg = Message::framed(Data::Binary(&built[4..]), Some(&built));
+        assert_eq!(msg, Message::binary(&payload), "equal by data");
+        let f = Frame::from(msg);
+        assert_eq!(f.0.as_ptr(), built.as_ptr(), "shared, not copied");
+        // Without a frame (a small message): encoded anew, same bytes.
+        let g = Frame::from(Message::binary(&payload));
+        assert_ne!(g.0.as_ptr(), built.as_ptr());
+        assert_eq!(g, f);
+        assert_eq!(Message::text("hi").as_text(), Some("hi"));
+        assert_eq!(Message::binary(b"hi").as_text(), None);
     }
 }

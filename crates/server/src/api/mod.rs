@@ -32,7 +32,7 @@ use crate::route::{Dest, Router};
 use crate::shard::Mail;
 
 pub use ctx::Ctx;
-pub use frame::{Frame, Message, Response};
+pub use frame::{Data, Frame, Message, Response};
 pub use ringcast_codec::Request;
 
 type OpenFn<D> = dyn Fn(&mut Ctx<'_, D>, ConnId, &Request) + Send + Sync;

@@ -26,8 +26,9 @@ impl<D: Default + 'static> ShardState<D> {
         let Some(mut decoder) = self.table.get_mut(slot).and_then(|c| c.decoder.take()) else {
             return;
         };
-        let r = decoder.decode_lent(data, &mut lend, |msg| self.frame(app, io, slot, msg));
-        crate::bufpool::end_message();
+        let r = decoder.decode_framed(data, &mut lend, |msg, frame| {
+            self.frame(app, io, slot, msg, frame)
+        });
         match r {
             Ok(()) => {
                 if let Some(c) = self.table.get_mut(slot) {
@@ -52,11 +53,12 @@ impl<D: Default + 'static> ShardState<D> {
         io: &mut dyn Io,
         slot: u32,
         msg: ringcast_codec::Message<'_>,
+        frame: Option<&bytes::Bytes>,
     ) -> ControlFlow<()> {
         let Some(c) = self.table.get_mut(slot) else {
             return ControlFlow::Break(());
         };
-        let user = match c.ws.on_frame(msg) {
+        let user = match c.ws.on_frame(msg, frame) {
             Incoming::Data(m) => m,
             Incoming::Reply(b) => {
                 io.send(c.conn, b);

@@ -185,15 +185,16 @@ impl WsState {
         frame
     }
 
-    /// One decoded frame.
-    pub fn on_frame<'a>(&mut self, msg: Wire<'a>) -> Incoming<'a> {
-        use crate::api::Message;
+    /// One decoded frame; `frame`: the server frame the decoder built for
+    /// a data message, if it did.
+    pub fn on_frame<'a>(&mut self, msg: Wire<'a>, frame: Option<&'a Bytes>) -> Incoming<'a> {
+        use crate::api::{Data, Message};
         if self.phase != Phase::Open {
             return Incoming::Stop;
         }
         let data = match msg {
-            Wire::Text(s) => Message::Text(s),
-            Wire::Binary(b) => Message::Binary(b),
+            Wire::Text(s) => Message::framed(Data::Text(s), frame),
+            Wire::Binary(b) => Message::framed(Data::Binary(b), frame),
             Wire::Ping(p) if !self.close.close_sent() => return Incoming::Reply(pong_frame(p)),
             Wire::Ping(_) | Wire::Pong(_) => return Incoming::Ignore,
             Wire::Close(f) => {
@@ -378,17 +379,17 @@ mod tests {
         let t0 = Instant::now();
         let mut ws = open(t0);
         assert_eq!(
-            ws.on_frame(Wire::Text("hi")),
-            Incoming::Data(Message::Text("hi"))
+            ws.on_frame(Wire::Text("hi"), None),
+            Incoming::Data(Message::text("hi"))
         );
         assert_eq!(
-            ws.on_frame(Wire::Ping(b"p")),
+            ws.on_frame(Wire::Ping(b"p"), None),
             Incoming::Reply(pong_frame(b"p"))
         );
-        assert_eq!(ws.on_frame(Wire::Pong(b"")), Incoming::Ignore);
+        assert_eq!(ws.on_frame(Wire::Pong(b""), None), Incoming::Ignore);
         ws.start_close(1000, "bye", CloseKind::Normal, t0, SEC);
-        assert_eq!(ws.on_frame(Wire::Binary(b"late")), Incoming::Ignore);
-        assert_eq!(ws.on_frame(Wire::Ping(b"p")), Incoming::Ignore);
+        assert_eq!(ws.on_frame(Wire::Binary(b"late"), None), Incoming::Ignore);
+        assert_eq!(ws.on_frame(Wire::Ping(b"p"), None), Incoming::Ignore);
     }
 
     #[test]
@@ -399,7 +400,7 @@ mod tests {
             code: 4001,
             reason: "done",
         };
-        match ws.on_frame(Wire::Close(Some(f))) {
+        match ws.on_frame(Wire::Close(Some(f)), None) {
             Incoming::Closed { reply, close_tcp } => {
                 assert!(reply.is_some(), "we answer a close we did not start");
                 assert!(close_tcp);
@@ -408,14 +409,14 @@ mod tests {
         }
         assert_eq!(ws.close_report(), (4001, "done".into()));
         assert_eq!(ws.closed(CloseReason::Local), CloseKind::Normal);
-        assert_eq!(ws.on_frame(Wire::Text("x")), Incoming::Stop);
+        assert_eq!(ws.on_frame(Wire::Text("x"), None), Incoming::Stop);
     }
 
     #[test]
     fn a_close_without_status_is_reported_as_1005_and_answered_1000() {
         let mut ws = open(Instant::now());
         assert!(matches!(
-            ws.on_frame(Wire::Close(None)),
+            ws.on_frame(Wire::Close(None), None),
             Incoming::Closed { reply: Some(_), .. }
         ));
         assert_eq!(ws.close_report().0, codes::NO_STATUS);
@@ -429,7 +430,7 @@ mod tests {
         let frame = ws.fail(codes::PROTOCOL_ERROR, "bad frame", t0, 10 * SEC);
         assert!(frame.is_some());
         assert_eq!(ws.phase(), Phase::Failed);
-        assert_eq!(ws.on_frame(Wire::Text("x")), Incoming::Stop);
+        assert_eq!(ws.on_frame(Wire::Text("x"), None), Incoming::Stop);
         assert_eq!(ws.poll(t0 + 9 * SEC, T), Due::Nothing);
         assert_eq!(ws.poll(t0 + 10 * SEC, T), Due::Abort);
         assert_eq!(ws.closed(CloseReason::PeerEof), CloseKind::ProtocolError);
