@@ -12,8 +12,16 @@
 //! come back from Redis, so every subscriber on every node sees one order per topic.
 
 mod config;
+mod exec;
+mod fallback;
+mod local;
+mod node;
+mod reader;
 mod scripts;
+mod session;
 mod stats;
+#[cfg(test)]
+mod testutil;
 mod wire;
 mod worker;
 
@@ -29,7 +37,7 @@ pub(crate) use config::redact_url;
 pub use config::BackplaneConfig;
 pub use stats::BackplaneStats;
 
-use worker::Cmd;
+use local::Cmd;
 
 /// Events the backplane hands to the server, on the backplane thread, in arrival order.
 #[derive(Debug, Clone, PartialEq, Eq)]
