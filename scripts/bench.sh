@@ -14,7 +14,11 @@
 # Knobs (environment): SERVER_CPU, GEN_CPU, BENCH_DURATION (s per window),
 # BENCH_REPEAT (rounds), BENCH_WARMUP (s), BENCH_PORT, CRITERION_ARGS,
 # BENCH_SKIP_CRITERION=1, BENCH_SERVERS (space-separated subset of labels),
-# BENCH_REPORT_ONLY=1 (rewrite latest.md and charts from the last results).
+# BENCH_REPORT_ONLY=1 (rewrite latest.md and charts from the last results),
+# BENCH_BASE=REV (also build ringcast at git revision REV and run it as the
+# peers `base-io-uring` and `base-epoll`, in the same rounds: the proof that
+# a change moves no figure; the report then goes to docs/benchmarks/vs-base.md
+# and leaves latest.md and the charts alone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +30,14 @@ REPEAT=${BENCH_REPEAT:-3}
 WARMUP=${BENCH_WARMUP:-1}
 PORT=${BENCH_PORT:-9700}
 CRITERION_ARGS=${CRITERION_ARGS:---warm-up-time 0.5 --measurement-time 1}
-SERVERS=${BENCH_SERVERS:-ringcast-io-uring ringcast-epoll tokio-tungstenite fastwebsockets}
+BASE=${BENCH_BASE:-}
+if [ -n "$BASE" ]; then
+  SERVERS=${BENCH_SERVERS:-ringcast-io-uring base-io-uring ringcast-epoll base-epoll}
+  PEERS=base-io-uring,base-epoll
+else
+  SERVERS=${BENCH_SERVERS:-ringcast-io-uring ringcast-epoll tokio-tungstenite fastwebsockets}
+  PEERS=tokio-tungstenite,fastwebsockets
+fi
 
 OUT=target/bench
 RES=$OUT/results
@@ -51,6 +62,16 @@ if [ "${BENCH_REPORT_ONLY:-0}" = 1 ]; then
 else
   log "release build"
   cargo build --release -p ringcast -p ringcast-loadtest -p peer-tungstenite -p peer-fastws
+  if [ -n "$BASE" ]; then
+    log "release build of ringcast at $BASE"
+    base_src=target/bench-base/src
+    rm -rf "$base_src" && mkdir -p "$base_src"
+    git archive "$BASE" | tar -x -C "$base_src"
+    # Same profile (it comes with the tree); its own target dir keeps the
+    # two builds apart.
+    (cd "$base_src" && CARGO_TARGET_DIR=../target cargo build --release -p ringcast)
+    cp target/bench-base/target/release/ringcast target/release/ringcast-base
+  fi
 
   # Only now that everything built: the previous run's results go.
   mkdir -p "$RES" "$OUT/logs" "$DOCS"
@@ -77,6 +98,8 @@ else
     case $1 in
       ringcast-io-uring) echo "target/release/ringcast --listen $addr --backend io-uring --shards 1 --log-level warn" ;;
       ringcast-epoll) echo "target/release/ringcast --listen $addr --backend epoll --shards 1 --log-level warn" ;;
+      base-io-uring) echo "target/release/ringcast-base --listen $addr --backend io-uring --shards 1 --log-level warn" ;;
+      base-epoll) echo "target/release/ringcast-base --listen $addr --backend epoll --shards 1 --log-level warn" ;;
       tokio-tungstenite) echo "target/release/peer-tungstenite --listen $addr" ;;
       fastwebsockets) echo "target/release/peer-fastws --listen $addr" ;;
       *) echo "unknown server $1" >&2; return 1 ;;
@@ -168,12 +191,23 @@ fi
 # -- report -------------------------------------------------------------------
 log "report"
 ELAPSED=$(cat "$OUT/elapsed")
-SUMMARY=$("$LT" report --input "$RES" --out-dir "$DOCS" --markdown "$OUT/tables.md" \
-  --peers tokio-tungstenite,fastwebsockets)
+REPORT_MD=$DOCS/latest.md
+CHARTS=$DOCS
+if [ -n "$BASE" ]; then
+  REPORT_MD=$DOCS/vs-base.md
+  CHARTS=$OUT/charts-base
+  mkdir -p "$CHARTS"
+fi
+SUMMARY=$("$LT" report --input "$RES" --out-dir "$CHARTS" --markdown "$OUT/tables.md" \
+  --peers "$PEERS")
 
 cpu_model=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
 {
-  echo "# Latest benchmark run"
+  if [ -n "$BASE" ]; then
+    echo "# This tree against $BASE (ringcast ÷ base: a change that moves nothing gives 1.00×)"
+  else
+    echo "# Latest benchmark run"
+  fi
   echo
   echo "Written by \`make bench\` (scripts/bench.sh), run started $(cat "$OUT/date"); measuring took ${ELAPSED} s (build included)."
   echo "How to read this: [../benchmarks.md](../benchmarks.md)."
@@ -202,10 +236,11 @@ cpu_model=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
   echo
   echo '```'
   echo "cargo build --release -p ringcast -p ringcast-loadtest -p peer-tungstenite -p peer-fastws"
+  [ -z "$BASE" ] || echo "git archive $BASE | tar -x -C target/bench-base/src && (cd target/bench-base/src && CARGO_TARGET_DIR=../target cargo build --release -p ringcast)"
   echo "cargo bench -p ringcast-benches -- $CRITERION_ARGS"
   cat "$OUT/commands.txt"
   echo '```'
-} >"$DOCS/latest.md"
+} >"$REPORT_MD"
 
 log "summary (full tables: $DOCS/latest.md, raw JSON: $RES)"
 echo "$SUMMARY"
