@@ -106,9 +106,6 @@ pub struct Config {
     /// the buffers circulating, so receives always have buffers; with epoll
     /// this many extra read buffers may be mapped.
     pub max_lent_buffers: u16,
-    /// Output-queue size (bytes) per connection above which the handler hears
-    /// `on_backpressure(.., true)`; `false` follows once it drains to half of it.
-    pub max_write_queue: usize,
     /// Capacity (messages) of each shard's inbound mailbox.
     pub mailbox_capacity: usize,
     /// Set `TCP_NODELAY` on accepted sockets.
@@ -142,7 +139,6 @@ impl Default for Config {
             buf_count: 4096,
             buf_size: 16 * 1024,
             max_lent_buffers: 256,
-            max_write_queue: 1024 * 1024,
             mailbox_capacity: 65536,
             tcp_nodelay: true,
             max_connections: 16384,
@@ -161,7 +157,6 @@ pub(crate) struct ShardConfig {
     pub buf_size: u32,
     pub max_lent_buffers: u16,
     pub backlog: u32,
-    pub max_write_queue: usize,
     pub tcp_nodelay: bool,
     pub max_connections: usize,
     pub outbox_capacity: usize,
@@ -198,7 +193,6 @@ impl Config {
             buf_size: self.buf_size,
             max_lent_buffers: self.max_lent_buffers,
             backlog: self.backlog.clamp(1, i32::MAX as u32),
-            max_write_queue: self.max_write_queue.max(1),
             tcp_nodelay: self.tcp_nodelay,
             max_connections: self.max_connections,
             outbox_capacity: self.outbox_capacity,

@@ -72,8 +72,6 @@ fn reactor_config(
         buf_count: s.buf_count,
         buf_size: s.buf_size,
         max_lent_buffers: s.max_lent_buffers,
-        // The server applies max-backpressure itself, before queueing.
-        max_write_queue: s.max_backpressure,
         mailbox_capacity: s.mailbox_capacity,
         tcp_nodelay: s.tcp_nodelay,
         max_connections: per_shard_cap(s.max_connections, shards),

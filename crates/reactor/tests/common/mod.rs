@@ -96,8 +96,10 @@ pub struct Events {
     pub opened: AtomicUsize,
     pub closed: AtomicUsize,
     pub reasons: Mutex<Vec<CloseReason>>,
-    pub backpressure_on: AtomicUsize,
-    pub backpressure_off: AtomicUsize,
+    /// Times a streaming handler stopped queueing for a full connection.
+    pub paused: AtomicUsize,
+    /// Times it resumed once `queued_bytes` showed the queue drained.
+    pub resumed: AtomicUsize,
     pub backends: Mutex<Vec<Backend>>,
 }
 
@@ -135,13 +137,6 @@ impl Handler for Echo {
     fn on_data(&mut self, ctx: &mut Ctx<'_, ()>, conn: Conn, data: &mut [u8]) {
         assert!(self.open.contains(&conn));
         ctx.send(conn, bytes::Bytes::copy_from_slice(data));
-    }
-    fn on_backpressure(&mut self, _ctx: &mut Ctx<'_, ()>, _conn: Conn, over: bool) {
-        if over {
-            self.ev.backpressure_on.fetch_add(1, Ordering::SeqCst);
-        } else {
-            self.ev.backpressure_off.fetch_add(1, Ordering::SeqCst);
-        }
     }
     fn on_close(&mut self, _ctx: &mut Ctx<'_, ()>, conn: Conn, why: CloseReason) {
         assert!(self.open.remove(&conn), "on_close without on_open / twice");
