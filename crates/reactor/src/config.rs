@@ -1,7 +1,9 @@
 //! Reactor configuration and backend selection.
 //!
-//! Every limit the reactor enforces lives here, with a default chosen for a
-//! WebSocket server on a small machine. The io_uring sizes interact: the
+//! Every limit the reactor enforces lives here. `Config::default()` holds
+//! ringcast's values, and the one copy of them: the reactor serves only that
+//! server and its tests, and the server's `Settings` read their reactor-level
+//! defaults (flags and config-file keys) from here. The io_uring sizes interact: the
 //! completion queue is sized from `buf_count`, `max_connections` and `backlog`
 //! so it cannot overflow (see `uring::setup`), so raising those raises the
 //! per-shard ring memory too.
@@ -77,6 +79,7 @@ impl fmt::Display for Backend {
 }
 
 /// Reactor configuration. Build with `Config { listen, ..Default::default() }`.
+/// The defaults are those of the `ringcast` binary (see the module docs).
 #[derive(Debug)]
 pub struct Config {
     /// Address every shard binds (with `SO_REUSEPORT`) when `inherited` is empty.
@@ -129,22 +132,26 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            // Loopback: exposing the server is a decision, not a default.
+            listen: SocketAddr::from(([127, 0, 0, 1], 9502)),
             inherited: Vec::new(),
             shards: 0,
-            pin: true,
+            // Pinning pays on a dedicated machine and hurts on a shared one.
+            pin: false,
             backend: BackendChoice::Auto,
             backlog: 4096,
             ring_entries: 4096,
-            buf_count: 4096,
-            buf_size: 16 * 1024,
+            // 64 KiB reads take most WebSocket messages whole; 1,024 of them
+            // keep the same 64 MiB virtual ceiling per shard as 4,096 × 16 KiB.
+            buf_count: 1024,
+            buf_size: 64 * 1024,
             max_lent_buffers: 256,
             mailbox_capacity: 65536,
             tcp_nodelay: true,
             max_connections: 16384,
             outbox_capacity: 65536,
             drain_timeout: Duration::from_secs(10),
-            close_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(5),
         }
     }
 }

@@ -49,6 +49,8 @@ fn resolve_backend(choice: BackendChoice) -> BackendChoice {
     }
 }
 
+/// Every reactor field that is also a setting comes from `s` (whose defaults
+/// are the reactor's own, see `config::reactor`); the rest keep the reactor's.
 fn reactor_config(
     s: &Settings,
     shards: usize,
@@ -77,6 +79,7 @@ fn reactor_config(
         max_connections: per_shard_cap(s.max_connections, shards),
         drain_timeout: s.shutdown_timeout,
         close_timeout: s.close_timeout,
+        // Not a server setting (outbox_capacity): the reactor's default.
         ..Default::default()
     }
 }

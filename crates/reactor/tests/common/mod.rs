@@ -28,6 +28,8 @@ macro_rules! both_backends {
     };
 }
 
+/// The tests' configuration: what they rely on is set here rather than
+/// taken from `Config::default()` (the server's production values).
 pub fn cfg(backend: BackendChoice, shards: usize) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -35,6 +37,10 @@ pub fn cfg(backend: BackendChoice, shards: usize) -> Config {
         pin: false,
         backend,
         buf_count: 256,
+        // Several reads per chunk in the echo and streaming tests.
+        buf_size: 16 * 1024,
+        // A flush on a loaded machine must not time out unless a test says so.
+        close_timeout: PATIENCE,
         ..Default::default()
     }
 }
