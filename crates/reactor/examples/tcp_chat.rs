@@ -12,8 +12,9 @@
 //! shards. Ctrl-C stops gracefully: a signal thread calls `Handle::stop`.
 //!
 //! Policies: lines longer than 4 KiB are refused (the client is told and
-//! disconnected); a client whose output queue passes `max_write_queue`
-//! (a slow reader) misses messages until it catches up.
+//! disconnected); a client with more than `MAX_QUEUE` bytes it has not read
+//! yet (a slow reader) misses messages until it catches up. The reactor
+//! only reports `queued_bytes`; the decision is taken here, before queueing.
 
 use bytes::Bytes;
 use ringcast_reactor::{start, BackendChoice, CloseReason, Config, Conn, Ctx, Handler, TimerId};
@@ -22,6 +23,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 const MAX_LINE: usize = 4096;
+/// Output a client may have pending before further lines skip it.
+const MAX_QUEUE: usize = 1 << 20;
 
 /// A chat line, framed once, shared by every recipient.
 struct Broadcast {
@@ -33,7 +36,6 @@ struct Broadcast {
 struct Client {
     name: String,
     partial: Vec<u8>,
-    slow: bool,
 }
 
 struct Chat {
@@ -65,8 +67,8 @@ impl Chat {
     }
 
     fn deliver(&mut self, ctx: &mut Ctx<'_, Broadcast>, from: (usize, u64), line: &Bytes) {
-        for (conn, client) in &self.clients {
-            if (ctx.shard(), conn.id()) != from && !client.slow {
+        for conn in self.clients.keys() {
+            if (ctx.shard(), conn.id()) != from && ctx.queued_bytes(*conn) <= MAX_QUEUE {
                 ctx.send(*conn, line.clone());
             }
         }
@@ -88,7 +90,6 @@ impl Handler for Chat {
             Client {
                 name,
                 partial: Vec::new(),
-                slow: false,
             },
         );
         self.broadcast(ctx, (ctx.shard(), conn.id()), notice);
@@ -116,12 +117,6 @@ impl Handler for Chat {
         }
         for line in lines {
             self.broadcast(ctx, (ctx.shard(), conn.id()), line);
-        }
-    }
-
-    fn on_backpressure(&mut self, _ctx: &mut Ctx<'_, Broadcast>, conn: Conn, over: bool) {
-        if let Some(c) = self.clients.get_mut(&conn) {
-            c.slow = over;
         }
     }
 

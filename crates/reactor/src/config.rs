@@ -1,7 +1,9 @@
 //! Reactor configuration and backend selection.
 //!
-//! Every limit the reactor enforces lives here, with a default chosen for a
-//! WebSocket server on a small machine. The io_uring sizes interact: the
+//! Every limit the reactor enforces lives here. `Config::default()` holds
+//! ringcast's values, and the one copy of them: the reactor serves only that
+//! server and its tests, and the server's `Settings` read their reactor-level
+//! defaults (flags and config-file keys) from here. The io_uring sizes interact: the
 //! completion queue is sized from `buf_count`, `max_connections` and `backlog`
 //! so it cannot overflow (see `uring::setup`), so raising those raises the
 //! per-shard ring memory too.
@@ -77,6 +79,7 @@ impl fmt::Display for Backend {
 }
 
 /// Reactor configuration. Build with `Config { listen, ..Default::default() }`.
+/// The defaults are those of the `ringcast` binary (see the module docs).
 #[derive(Debug)]
 pub struct Config {
     /// Address every shard binds (with `SO_REUSEPORT`) when `inherited` is empty.
@@ -106,9 +109,6 @@ pub struct Config {
     /// the buffers circulating, so receives always have buffers; with epoll
     /// this many extra read buffers may be mapped.
     pub max_lent_buffers: u16,
-    /// Output-queue size (bytes) per connection above which the handler hears
-    /// `on_backpressure(.., true)`; `false` follows once it drains to half of it.
-    pub max_write_queue: usize,
     /// Capacity (messages) of each shard's inbound mailbox.
     pub mailbox_capacity: usize,
     /// Set `TCP_NODELAY` on accepted sockets.
@@ -132,23 +132,26 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            // Loopback: exposing the server is a decision, not a default.
+            listen: SocketAddr::from(([127, 0, 0, 1], 9502)),
             inherited: Vec::new(),
             shards: 0,
-            pin: true,
+            // Pinning pays on a dedicated machine and hurts on a shared one.
+            pin: false,
             backend: BackendChoice::Auto,
             backlog: 4096,
             ring_entries: 4096,
-            buf_count: 4096,
-            buf_size: 16 * 1024,
+            // 64 KiB reads take most WebSocket messages whole; 1,024 of them
+            // keep the same 64 MiB virtual ceiling per shard as 4,096 × 16 KiB.
+            buf_count: 1024,
+            buf_size: 64 * 1024,
             max_lent_buffers: 256,
-            max_write_queue: 1024 * 1024,
             mailbox_capacity: 65536,
             tcp_nodelay: true,
             max_connections: 16384,
             outbox_capacity: 65536,
             drain_timeout: Duration::from_secs(10),
-            close_timeout: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -161,7 +164,6 @@ pub(crate) struct ShardConfig {
     pub buf_size: u32,
     pub max_lent_buffers: u16,
     pub backlog: u32,
-    pub max_write_queue: usize,
     pub tcp_nodelay: bool,
     pub max_connections: usize,
     pub outbox_capacity: usize,
@@ -198,7 +200,6 @@ impl Config {
             buf_size: self.buf_size,
             max_lent_buffers: self.max_lent_buffers,
             backlog: self.backlog.clamp(1, i32::MAX as u32),
-            max_write_queue: self.max_write_queue.max(1),
             tcp_nodelay: self.tcp_nodelay,
             max_connections: self.max_connections,
             outbox_capacity: self.outbox_capacity,

@@ -54,10 +54,8 @@ pub(crate) mod st {
     pub const IN_CLOSE: u16 = 1 << 5;
     /// `on_close` delivered; the handler can no longer see this entry.
     pub const DEAD: u16 = 1 << 6;
-    /// Over the backpressure threshold (reported).
-    pub const OVER: u16 = 1 << 7;
     /// EOF observed (for `CloseReason::PeerEof`).
-    pub const EOF_SEEN: u16 = 1 << 8;
+    pub const EOF_SEEN: u16 = 1 << 7;
 }
 
 /// Backend-owned per-connection I/O state (plain data; buffers the kernel may

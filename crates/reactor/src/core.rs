@@ -1,6 +1,6 @@
 //! Backend-independent shard state: the connection table, the intents a
-//! handler callback records (writes to flush, connections to close,
-//! backpressure notices to deliver), timers and the mail outboxes.
+//! handler callback records (writes to flush, connections to close), timers
+//! and the mail outboxes.
 //!
 //! Handler callbacks only *record* intents here; the shard loop carries them
 //! out through the backend after the callback returns (`shard::settle`). That
@@ -35,7 +35,6 @@ pub(crate) struct Core<M> {
     pub live: usize,
     pub flush_list: Vec<u32>,
     pub close_list: Vec<u32>,
-    pub notes: VecDeque<(Conn, bool)>,
     pub timers: Wheel,
     outboxes: Vec<VecDeque<M>>,
     outbox_len: usize,
@@ -61,7 +60,6 @@ impl<M: Send + 'static> Core<M> {
             live: 0,
             flush_list: Vec::new(),
             close_list: Vec::new(),
-            notes: VecDeque::new(),
             timers: Wheel::new(now),
             outboxes: (0..n).map(|_| VecDeque::new()).collect(),
             outbox_len: 0,
@@ -197,9 +195,10 @@ impl<M: Send + 'static> Core<M> {
     }
 
     /// Queues `parts` (moved in: cloning a `Bytes` made from a `Vec` would
-    /// allocate its shared header).
+    /// allocate its shared header). Unbounded on purpose: how much a
+    /// connection may have queued is the handler's policy, decided from
+    /// `queued_bytes` before it sends.
     pub fn send(&mut self, c: Conn, parts: impl IntoIterator<Item = Bytes>) -> bool {
-        let max = self.cfg.max_write_queue;
         let Some(e) = self.get_mut(c) else {
             return false;
         };
@@ -209,34 +208,18 @@ impl<M: Send + 'static> Core<M> {
         for p in parts {
             e.out.push(p);
         }
-        let over = !e.has(st::OVER) && e.out.len() > max;
-        if over {
-            e.st |= st::OVER;
-        }
-        if over {
-            self.notes.push_back((c, true));
-        }
         self.mark_flush(c.idx);
         true
     }
 
-    /// Backend made write progress (or the queue was found empty): report a
-    /// drained queue, and finish a pending close / shutdown_write. Returns
-    /// true if `shutdown(SHUT_WR)` should be issued now.
-    pub fn after_write(&mut self, idx: u32, in_flight: bool) -> bool {
-        let half = self.cfg.max_write_queue / 2;
+    /// The backend wrote the whole queue and has no send in flight: finish
+    /// a pending close / shutdown_write. Returns true if `shutdown(SHUT_WR)`
+    /// should be issued now.
+    pub fn after_write(&mut self, idx: u32) -> bool {
         let Some(e) = self.conns.get_mut(idx as usize) else {
             return false;
         };
-        if e.has(st::DEAD) {
-            return false;
-        }
-        let conn = Conn { idx, gen: e.gen };
-        if e.has(st::OVER) && e.out.len() <= half {
-            e.st &= !st::OVER;
-            self.notes.push_back((conn, false));
-        }
-        if e.out.len() > 0 || in_flight {
+        if e.has(st::DEAD) || e.out.len() > 0 {
             return false;
         }
         if e.has(st::CLOSING) {

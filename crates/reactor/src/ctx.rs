@@ -37,8 +37,8 @@ impl<'a, M: Send + 'static> Ctx<'a, M> {
     }
 
     /// Queue `buf` for `conn`. Returns false if the connection is gone, closing
-    /// or shut down for writing. Queues past `max_write_queue`; crossing it is
-    /// reported through `on_backpressure`.
+    /// or shut down for writing. There is no limit: a handler that bounds a
+    /// connection's queue checks [`queued_bytes`](Self::queued_bytes) first.
     pub fn send(&mut self, conn: Conn, buf: Bytes) -> bool {
         self.core.send(conn, std::iter::once(buf))
     }
@@ -50,6 +50,8 @@ impl<'a, M: Send + 'static> Ctx<'a, M> {
     }
 
     /// Bytes queued for `conn` and not yet written (0 for a stale handle).
+    /// The reactor's one backpressure fact: it applies no threshold, so any
+    /// slow-consumer policy (drop, close, pause) belongs to the handler.
     pub fn queued_bytes(&self, conn: Conn) -> usize {
         self.core.get(conn).map_or(0, |e| e.out.len())
     }

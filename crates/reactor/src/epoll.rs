@@ -241,7 +241,7 @@ impl EpollDriver {
                 }
             }
         }
-        if sh.core.after_write(idx, false) {
+        if sh.core.after_write(idx) {
             if let Some(e) = sh.core.conns.get(idx as usize) {
                 if let Err(err) = socket::shutdown(e.raw_fd(), socket::Shutdown::Write) {
                     sh.fail(idx, sys::close_reason(err));

@@ -4,8 +4,7 @@
 //! it may hold `Rc`/`RefCell` state. The reactor never calls a handler
 //! re-entrantly: everything a callback asks for through [`Ctx`] (sends, closes,
 //! timers, mail) is recorded and carried out after the callback returns, and
-//! the notifications that result (`on_backpressure`, `on_close`) are delivered
-//! as separate calls.
+//! the notification that results (`on_close`) is delivered as a separate call.
 
 use crate::conn::Conn;
 use crate::ctx::Ctx;
@@ -62,13 +61,6 @@ pub trait Handler: 'static {
     /// The peer closed its write side (EOF). Default: `ctx.close(conn)`.
     fn on_eof(&mut self, ctx: &mut Ctx<'_, Self::Mail>, conn: Conn) {
         ctx.close(conn)
-    }
-
-    /// Output queue crossed `max_write_queue` (`over = true`) or drained back to
-    /// half of it or less (`over = false`). Not delivered once the connection
-    /// is closing or shut down for writing (it can take no more output).
-    fn on_backpressure(&mut self, ctx: &mut Ctx<'_, Self::Mail>, conn: Conn, over: bool) {
-        let _ = (ctx, conn, over);
     }
 
     /// The connection is gone (after which `conn` is invalid). Exactly once per `on_open`.

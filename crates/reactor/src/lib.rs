@@ -15,8 +15,10 @@
 //! refcounted buffers (`bytes::Bytes`, shared without copies across
 //! recipients), close, abort, shut down writing, arm timers, mail other shards.
 //! Callbacks are never re-entered: requests are carried out after the
-//! callback returns, and the consequences (`on_backpressure`, `on_close`)
-//! arrive as separate calls.
+//! callback returns, and the consequence (`on_close`) arrives as a separate
+//! call. Output queues are unbounded: [`Ctx::queued_bytes`] tells a handler
+//! how much a connection has not taken yet, and what to do about a slow one
+//! is the handler's policy.
 //!
 //! See `docs/reactor.md` for the design, the platform facts behind each
 //! choice, and measured figures.

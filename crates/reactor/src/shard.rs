@@ -250,15 +250,6 @@ pub(crate) fn settle<H: Handler, D: Driver>(sh: &mut Shard<H>, drv: &mut D) {
     let mut list = Vec::new();
     loop {
         let mut did = false;
-        while let Some((conn, over)) = sh.core.notes.pop_front() {
-            did = true;
-            // Only for connections that can still take output: a connection
-            // being closed has nothing to gain from the notice.
-            if sh.core.get(conn).is_some_and(|e| e.writable()) {
-                let (h, mut ctx) = sh.ctx();
-                h.on_backpressure(&mut ctx, conn, over);
-            }
-        }
         if !sh.core.flush_list.is_empty() {
             did = true;
             std::mem::swap(&mut list, &mut sh.core.flush_list);
@@ -299,7 +290,6 @@ pub(crate) fn run<H: Handler, D: Driver>(sh: &mut Shard<H>, drv: &mut D) -> io::
         // ---- 1. wait ----
         let now = Instant::now();
         let busy = drv.has_ready()
-            || !sh.core.notes.is_empty()
             || sh.core.timers.has_expired()
             || !mb.is_empty()
             || (shared.stop_requested() && !sh.core.draining);

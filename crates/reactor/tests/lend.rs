@@ -158,7 +158,6 @@ fn a_client_that_never_reads_cannot_starve_receives(backend: BackendChoice) {
         buf_count: 8,
         buf_size: 1024,
         max_lent_buffers: 100,
-        max_write_queue: 4 * hog_kib * 1024,
         ..cfg(backend, 1)
     };
     let (r, ev, t) = start_lending(c);

@@ -6,25 +6,35 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use ringcast_reactor::*;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// How often a [`Streamer`] checks its paused connections.
+const DRAIN_POLL: Duration = Duration::from_millis(1);
+
 /// Streams `total` pattern bytes (pattern id 7) to every connection, keeping
-/// the output queue topped up to the backpressure limit and resuming on drain.
+/// the output queue topped up to `pause_at` and resuming once `queued_bytes`
+/// shows it drained to half of that: a backpressure policy of the kind the
+/// reactor leaves to handlers. The reactor sends no drain notice, so paused
+/// connections are polled from a timer.
 struct Streamer {
     ev: Arc<Events>,
     total: usize,
     chunk: usize,
     sent: HashMap<Conn, usize>,
+    /// Connections waiting for their queue to drain.
+    paused: HashSet<Conn>,
+    /// The poll timer is armed (while anything is paused).
+    polling: bool,
     /// Close (flush then FIN) once everything is queued.
     close_at_end: bool,
     /// Final frame queued from on_shutdown.
     bye: Option<Bytes>,
-    /// Stop queueing above this many bytes until on_backpressure(false).
+    /// Stop queueing above this many bytes until half of it is left.
     pause_at: usize,
 }
 
@@ -35,6 +45,8 @@ impl Streamer {
             total,
             chunk: 64 * 1024,
             sent: HashMap::new(),
+            paused: HashSet::new(),
+            polling: false,
             close_at_end: true,
             bye: None,
             pause_at: 256 * 1024,
@@ -60,7 +72,13 @@ impl Streamer {
             }
             *done += n;
             if ctx.queued_bytes(c) > self.pause_at {
-                return; // wait for on_backpressure(false)
+                self.paused.insert(c);
+                self.ev.paused.fetch_add(1, Ordering::SeqCst);
+                if !self.polling {
+                    self.polling = true;
+                    ctx.timer(DRAIN_POLL, 0);
+                }
+                return; // on_timer resumes it
             }
         }
     }
@@ -75,20 +93,32 @@ impl Handler for Streamer {
         self.pump(ctx, c);
     }
     fn on_data(&mut self, _: &mut Ctx<'_, ()>, _: Conn, _: &mut [u8]) {}
-    fn on_backpressure(&mut self, ctx: &mut Ctx<'_, ()>, c: Conn, over: bool) {
-        if over {
-            self.ev.backpressure_on.fetch_add(1, Ordering::SeqCst);
-        } else {
-            self.ev.backpressure_off.fetch_add(1, Ordering::SeqCst);
+    fn on_timer(&mut self, ctx: &mut Ctx<'_, ()>, t: TimerId, _: u64) {
+        let low = self.pause_at / 2;
+        let drained: Vec<Conn> = self
+            .paused
+            .iter()
+            .copied()
+            .filter(|c| ctx.queued_bytes(*c) <= low)
+            .collect();
+        for c in drained {
+            self.paused.remove(&c);
+            self.ev.resumed.fetch_add(1, Ordering::SeqCst);
             self.pump(ctx, c);
+        }
+        // `pump` may have paused some again and found the timer still armed.
+        if self.paused.is_empty() {
+            self.polling = false;
+        } else {
+            ctx.reset_timer(t, DRAIN_POLL);
         }
     }
     fn on_close(&mut self, _: &mut Ctx<'_, ()>, c: Conn, why: CloseReason) {
         assert!(self.sent.remove(&c).is_some());
+        self.paused.remove(&c);
         self.ev.reasons.lock().unwrap().push(why);
         self.ev.closed.fetch_add(1, Ordering::SeqCst);
     }
-    fn on_timer(&mut self, _: &mut Ctx<'_, ()>, _: TimerId, _: u64) {}
     fn on_mail(&mut self, _: &mut Ctx<'_, ()>, _: ()) {}
     fn on_shutdown(&mut self, ctx: &mut Ctx<'_, ()>) {
         if let Some(bye) = &self.bye {
@@ -100,21 +130,14 @@ impl Handler for Streamer {
     }
 }
 
-fn bp_cfg(backend: BackendChoice) -> Config {
-    Config {
-        max_write_queue: 256 * 1024,
-        ..cfg(backend, 2)
-    }
-}
-
 /// Slow reader (4 KiB receive buffer) against a fast writer: the server sees
-/// short writes and backpressure both ways; the client gets every byte in
-/// order, then EOF.
+/// short writes, and its queue fill up and drain again (`queued_bytes`); the
+/// client gets every byte in order, then EOF.
 fn slow_reader(backend: BackendChoice) {
     let total = 6 * 1024 * 1024;
     let ev = Arc::new(Events::default());
     let e2 = ev.clone();
-    let r = start(bp_cfg(backend), move |_| Streamer::new(e2.clone(), total)).unwrap();
+    let r = start(cfg(backend, 2), move |_| Streamer::new(e2.clone(), total)).unwrap();
     let addr = r.local_addrs()[0];
     let readers: Vec<_> = (0..4)
         .map(|_| {
@@ -145,13 +168,10 @@ fn slow_reader(backend: BackendChoice) {
     wait_until("closed", || ev.closed() == 4);
     wait_table_empty(&r.handle());
     assert!(
-        ev.backpressure_on.load(Ordering::SeqCst) >= 4,
+        ev.paused.load(Ordering::SeqCst) >= 4,
         "each connection went over the limit"
     );
-    assert!(
-        ev.backpressure_off.load(Ordering::SeqCst) >= 4,
-        "and drained again"
-    );
+    assert!(ev.resumed.load(Ordering::SeqCst) >= 4, "and drained again");
     let partial: u64 = r.stats().iter().map(|s| s.partial_writes).sum();
     // Short writes happen when the queue is larger than the free socket
     // buffer at the moment of the write; how often is up to kernel timing
@@ -169,7 +189,7 @@ both_backends!(slow_reader);
 fn reset_mid_send(backend: BackendChoice) {
     let ev = Arc::new(Events::default());
     let e2 = ev.clone();
-    let r = start(bp_cfg(backend), move |_| {
+    let r = start(cfg(backend, 2), move |_| {
         Streamer::new(e2.clone(), usize::MAX / 2)
     })
     .unwrap();
@@ -430,17 +450,12 @@ fn buffer_ring_exhaustion(backend: BackendChoice) {
 }
 both_backends!(buffer_ring_exhaustion);
 
-/// Two shards streaming `total` bytes per connection into a 64 MiB write
-/// queue: never pauses, never closes by itself; on_shutdown queues "BYE" and
-/// closes.
+/// Two shards queueing all of `total` bytes per connection at once: never
+/// pauses, never closes by itself; on_shutdown queues "BYE" and closes.
 fn start_bye_streamer(backend: BackendChoice, total: usize) -> (Running<()>, Arc<Events>) {
     let ev = Arc::new(Events::default());
     let e2 = ev.clone();
-    let c = Config {
-        max_write_queue: 64 * 1024 * 1024,
-        ..cfg(backend, 2)
-    };
-    let r = start(c, move |_| {
+    let r = start(cfg(backend, 2), move |_| {
         let mut s = Streamer::new(e2.clone(), total);
         s.close_at_end = false;
         s.bye = Some(Bytes::from_static(b"BYE"));

@@ -11,7 +11,8 @@
 //! code 2 for those, as clap does for bad flags.
 //!
 //! To add a setting, add one line to the table: the field name, its type,
-//! its default and its parser. Boolean settings (value name `BOOL`) also
+//! its default and its parser. A setting the reactor also has takes its
+//! default from the reactor's `Config::default()`. Boolean settings (value name `BOOL`) also
 //! accept the bare flag: `--redis-optional` means `--redis-optional true`.
 
 use std::fmt;
@@ -355,6 +356,14 @@ pub fn raise_nofile() {
     }
 }
 
+/// Where the reactor-level settings (listen address, shards, buffers, ...)
+/// get their defaults: the reactor's `Config::default()` holds the binary's
+/// values, so each is written once. The `[default: ...]` in their help is
+/// checked against it (`stated_defaults_are_the_defaults`).
+fn reactor() -> ringcast_reactor::Config {
+    ringcast_reactor::Config::default()
+}
+
 /// The default `max-connections`: 90 % of the open-file limit minus 64
 /// descriptors kept for listeners, rings, eventfds and log files.
 pub fn default_max_connections() -> usize {
@@ -434,18 +443,41 @@ macro_rules! settings {
                 $( $field: cli.$field.or(file.$field).unwrap_or_else(|| $default), )*
             }
         }
+
+        /// Checks each help text's `[default: X]` by reading X with the
+        /// setting's own parser: returns the mismatches, and the settings
+        /// whose stated default is prose (e.g. "CPUs available").
+        #[cfg(test)]
+        fn stated_defaults() -> (Vec<String>, Vec<&'static str>) {
+            let d = Settings::defaults();
+            let (mut wrong, mut prose) = (Vec::new(), Vec::new());
+            $(
+                let stated = concat!($($doc),*)
+                    .rsplit_once("[default: ")
+                    .and_then(|(_, rest)| rest.strip_suffix("]."));
+                match stated.map($parse) {
+                    Some(Ok(v)) if v == d.$field => {}
+                    Some(Ok(v)) => wrong.push(format!(
+                        "{}: help says {:?}, default is {:?}",
+                        stringify!($field), v, d.$field
+                    )),
+                    _ => prose.push(stringify!($field)),
+                }
+            )*
+            (wrong, prose)
+        }
     };
 }
 
 settings! {
     /// Address to listen on [default: 127.0.0.1:9502].
-    listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9502)), parse_addr, "ADDR";
+    listen: SocketAddr = reactor().listen, parse_addr, "ADDR";
     /// Shard (event loop) threads; 0 = one per available CPU [default: CPUs available].
-    shards: usize = 0, parse_shards, "N";
+    shards: usize = reactor().shards, parse_shards, "N";
     /// I/O backend: auto, io-uring or epoll [default: auto].
-    backend: BackendChoice = BackendChoice::Auto, parse_backend, "BACKEND";
+    backend: BackendChoice = reactor().backend, parse_backend, "BACKEND";
     /// Pin shard i to the i-th allowed CPU; worth it on a dedicated machine, harmful when other busy processes share the CPUs [default: false].
-    pin: bool = false, parse_bool, "BOOL";
+    pin: bool = reactor().pin, parse_bool, "BOOL";
     /// Node id (0..=1023) carried in connection ids; with --redis, 0 = allocate one in Redis and 1..=1023 = this fixed id [default: 0].
     node_id: u16 = 0, parse_node_id, "ID";
     /// Redis backplane for several nodes: redis://[:PASSWORD@]HOST:PORT/DB; rooms, publish and push then reach every node sharing it [default: none, single node].
@@ -477,11 +509,11 @@ settings! {
     /// Close sockets that have not finished the HTTP upgrade within this time; 0 = never [default: 10s].
     handshake_timeout: Duration = Duration::from_secs(10), parse_duration, "DURATION";
     /// After sending a close frame, wait this long for the client's close before dropping it [default: 5s].
-    close_timeout: Duration = Duration::from_secs(5), parse_duration, "DURATION";
+    close_timeout: Duration = reactor().close_timeout, parse_duration, "DURATION";
     /// Origins allowed to open WebSockets: comma list of exact origins, or any [default: any].
     allowed_origins: Origins = Origins::default(), parse_origins, "LIST";
     /// On SIGTERM/SIGINT, wait this long for clients to close before exiting [default: 10s].
-    shutdown_timeout: Duration = Duration::from_secs(10), parse_duration, "DURATION";
+    shutdown_timeout: Duration = reactor().drain_timeout, parse_duration, "DURATION";
     /// Log filter: a level (error, warn, info, debug, trace) or tracing directives [default: info].
     log_level: String = "info".to_string(), parse_log_level, "FILTER";
     /// Log format: text or json [default: text].
@@ -495,21 +527,21 @@ settings! {
     /// Chat: rooms one connection may be in at once [default: 16].
     chat_max_rooms: usize = 16, parse_positive, "N";
     /// listen(2) backlog per listening socket [default: 4096].
-    backlog: u32 = 4096, parse_u32, "N";
+    backlog: u32 = reactor().backlog, parse_u32, "N";
     /// Receive buffer size per read (bounds the work done for one client per event) [default: 64KiB].
-    buf_size: u32 = 64 * 1024, parse_buf_size, "SIZE";
+    buf_size: u32 = reactor().buf_size, parse_buf_size, "SIZE";
     /// Bytes of large (4 KiB to 2 MiB) message and frame buffers each shard keeps for reuse; 0 = none [default: 8MiB].
     buffer_pool: usize = 8 << 20, parse_size, "SIZE";
     /// io_uring provided receive buffers per shard, at most (the ring starts at 64 and grows when it runs dry) [default: 1024].
-    buf_count: u16 = 1024, parse_buf_count, "N";
+    buf_count: u16 = reactor().buf_count, parse_buf_count, "N";
     /// Receive buffers per shard that large messages may be lent from until they are sent (echo and relay without a copy); 0 = always copy [default: 256].
-    max_lent_buffers: u16 = 256, parse_lent_buffers, "N";
+    max_lent_buffers: u16 = reactor().max_lent_buffers, parse_lent_buffers, "N";
     /// io_uring submission queue entries per shard [default: 4096].
-    ring_entries: u32 = 4096, parse_u32, "N";
+    ring_entries: u32 = reactor().ring_entries, parse_u32, "N";
     /// Messages each shard's inbound mailbox holds before senders queue locally [default: 65536].
-    mailbox_capacity: usize = 65536, parse_positive, "N";
+    mailbox_capacity: usize = reactor().mailbox_capacity, parse_positive, "N";
     /// Set TCP_NODELAY on client sockets [default: true].
-    tcp_nodelay: bool = true, parse_bool, "BOOL";
+    tcp_nodelay: bool = reactor().tcp_nodelay, parse_bool, "BOOL";
 }
 
 impl Settings {
@@ -760,6 +792,15 @@ mod tests {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../dist/ringcast.toml");
         let file = Settings::parse_from(["ringcast", "--config", path]).unwrap();
         assert_eq!(format!("{file:?}"), format!("{:?}", Settings::defaults()));
+    }
+
+    /// Reactor-level defaults live in the reactor; the help text repeats
+    /// them for users, so it is held to them here.
+    #[test]
+    fn stated_defaults_are_the_defaults() {
+        let (wrong, prose) = stated_defaults();
+        assert!(wrong.is_empty(), "{wrong:#?}");
+        assert_eq!(prose, ["shards", "redis", "max_connections"]);
     }
 
     #[test]

@@ -50,6 +50,8 @@ fn resolve_backend(choice: BackendChoice) -> BackendChoice {
     }
 }
 
+/// Every reactor field that is also a setting comes from `s` (whose defaults
+/// are the reactor's own, see `config::reactor`); the rest keep the reactor's.
 fn reactor_config(
     s: &Settings,
     shards: usize,
@@ -73,13 +75,12 @@ fn reactor_config(
         buf_count: s.buf_count,
         buf_size: s.buf_size,
         max_lent_buffers: s.max_lent_buffers,
-        // The server applies max-backpressure itself, before queueing.
-        max_write_queue: s.max_backpressure,
         mailbox_capacity: s.mailbox_capacity,
         tcp_nodelay: s.tcp_nodelay,
         max_connections: per_shard_cap(s.max_connections, shards),
         drain_timeout: s.shutdown_timeout,
         close_timeout: s.close_timeout,
+        // Not a server setting (outbox_capacity): the reactor's default.
         ..Default::default()
     }
 }

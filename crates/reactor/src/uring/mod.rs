@@ -745,11 +745,9 @@ impl Driver for UringDriver {
             // reaped, or freed in `Drop` after quiescence is confirmed (else
             // leaked). At most one send per connection is in flight.
             unsafe { self.push(sqe) };
-            // Report a queue that drained below the low-water mark.
-            sh.core.after_write(idx, true);
             return;
         }
-        if sh.core.after_write(idx, false) {
+        if sh.core.after_write(idx) {
             if let Some(e) = sh.core.conns.get(idx as usize) {
                 if let Err(err) =
                     nix::sys::socket::shutdown(e.raw_fd(), nix::sys::socket::Shutdown::Write)

@@ -28,6 +28,8 @@ macro_rules! both_backends {
     };
 }
 
+/// The tests' configuration: what they rely on is set here rather than
+/// taken from `Config::default()` (the server's production values).
 pub fn cfg(backend: BackendChoice, shards: usize) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -35,6 +37,10 @@ pub fn cfg(backend: BackendChoice, shards: usize) -> Config {
         pin: false,
         backend,
         buf_count: 256,
+        // Several reads per chunk in the echo and streaming tests.
+        buf_size: 16 * 1024,
+        // A flush on a loaded machine must not time out unless a test says so.
+        close_timeout: PATIENCE,
         ..Default::default()
     }
 }
@@ -96,8 +102,10 @@ pub struct Events {
     pub opened: AtomicUsize,
     pub closed: AtomicUsize,
     pub reasons: Mutex<Vec<CloseReason>>,
-    pub backpressure_on: AtomicUsize,
-    pub backpressure_off: AtomicUsize,
+    /// Times a streaming handler stopped queueing for a full connection.
+    pub paused: AtomicUsize,
+    /// Times it resumed once `queued_bytes` showed the queue drained.
+    pub resumed: AtomicUsize,
     pub backends: Mutex<Vec<Backend>>,
 }
 
@@ -135,13 +143,6 @@ impl Handler for Echo {
     fn on_data(&mut self, ctx: &mut Ctx<'_, ()>, conn: Conn, data: &mut [u8]) {
         assert!(self.open.contains(&conn));
         ctx.send(conn, bytes::Bytes::copy_from_slice(data));
-    }
-    fn on_backpressure(&mut self, _ctx: &mut Ctx<'_, ()>, _conn: Conn, over: bool) {
-        if over {
-            self.ev.backpressure_on.fetch_add(1, Ordering::SeqCst);
-        } else {
-            self.ev.backpressure_off.fetch_add(1, Ordering::SeqCst);
-        }
     }
     fn on_close(&mut self, _ctx: &mut Ctx<'_, ()>, conn: Conn, why: CloseReason) {
         assert!(self.open.remove(&conn), "on_close without on_open / twice");
