@@ -149,16 +149,17 @@ impl<D: Default + 'static> ShardState<D> {
     ) -> ShardState<D> {
         let metrics = shared.metrics.shards()[shard].clone();
         let sweep_every = sweep_period(&shared.settings, shared.notifier.watchdog_interval());
+        let router = Router {
+            node: shared.node,
+            shards,
+            here: Some(shard),
+        };
         ShardState {
             shard,
             shards,
             metrics,
-            table: Table::new(shared.node, shard),
-            router: Router {
-                node: shared.node,
-                shards,
-                here: Some(shard),
-            },
+            table: Table::new(router),
+            router,
             all: Members::default(),
             channels: Channels::new(shared.directory.clone()),
             shared,

@@ -18,6 +18,7 @@ use crate::channel::Sub;
 use crate::config::{Settings, SlowConsumer};
 use crate::id::ConnId;
 use crate::metrics::CloseKind;
+use crate::route::{Dest, Router};
 
 /// One TCP connection on this shard.
 pub(crate) struct Connection<D> {
@@ -112,8 +113,8 @@ impl Hasher for SeqHasher {
 
 /// This shard's connections, by reactor slot and by id.
 pub(crate) struct Table<D> {
-    node: u16,
-    shard: usize,
+    /// Which ids are this shard's.
+    router: Router,
     /// Event-loop passes so far (see `deliver`).
     pub pass: u64,
     /// (seq, slot) of the connection whose handler is running.
@@ -123,10 +124,9 @@ pub(crate) struct Table<D> {
 }
 
 impl<D> Table<D> {
-    pub fn new(node: u16, shard: usize) -> Table<D> {
+    pub fn new(router: Router) -> Table<D> {
         Table {
-            node,
-            shard,
+            router,
             pass: 0,
             current: None,
             conns: Vec::new(),
@@ -155,7 +155,7 @@ impl<D> Table<D> {
     }
 
     pub fn slot_of(&self, id: ConnId) -> Option<u32> {
-        if id.node() != self.node || id.shard() != self.shard {
+        if self.router.route(id) != Dest::Here {
             return None;
         }
         // Handlers mostly act on the connection they were called for.
