@@ -16,6 +16,7 @@ mod exec;
 mod fallback;
 mod local;
 mod node;
+mod query;
 mod reader;
 mod scripts;
 mod session;
@@ -35,6 +36,7 @@ use tokio::sync::mpsc;
 
 pub(crate) use config::redact_url;
 pub use config::BackplaneConfig;
+pub use query::{Answer, Present, Query, RoomCount};
 pub use stats::BackplaneStats;
 
 use local::Cmd;
@@ -93,6 +95,9 @@ pub enum Inbound {
     },
     /// Every request queued before [`Backplane::barrier`] has been carried out.
     Barrier { tag: u64 },
+    /// The answer to [`Backplane::query`] with this `tag` (a failure is an
+    /// [`Answer::Failed`]).
+    Answer { tag: u64, answer: Answer },
     /// Connected (at start or again): subscriptions and member counts are registered.
     Up { node: u16 },
     /// The connection to Redis was lost; the backplane keeps reconnecting.
@@ -203,7 +208,7 @@ impl Shared {
 /// balanced by exactly one `unsubscribe`/`leave` (calling them once per member is fine);
 /// the node subscribes to a channel on the first reference and unsubscribes on the last.
 ///
-/// Queue limit: `publish`, `push`, `subscribe`, `join` and `barrier` are refused with
+/// Queue limit: `publish`, `push`, `subscribe`, `join`, `query` and `barrier` are refused with
 /// [`SendError::Full`] when `queue_capacity` requests are waiting. `unsubscribe`, `leave`
 /// and `shutdown` are always accepted: they release state taken by an accepted request
 /// (so there are never more of them than live joins/subscriptions), and dropping one
@@ -373,6 +378,15 @@ impl Backplane {
             conn,
             payload,
         });
+    }
+
+    /// Asks Redis about the cluster's members and rooms; the answer comes back as
+    /// [`Inbound::Answer`] with `tag`, after the answers and effects of every request
+    /// queued before it (so it sees this node's earlier joins and leaves). One Lua
+    /// script per query; see [`Answer`] for how it fits the room's event order. While
+    /// Redis is down it is answered at once with [`Answer::Failed`] (kind `Down`).
+    pub fn query(&self, tag: u64, q: Query) -> Result<(), SendError> {
+        self.admit(Cmd::Query { tag, query: q })
     }
 
     /// Asks for an [`Inbound::Barrier`] once every request queued before it is done
