@@ -105,7 +105,7 @@ pub(super) fn fallback_event(
 /// The answer to a request that came after shutdown: publishes and pushes (to any
 /// node, this one included) fail; the rest has nobody to tell.
 pub(super) fn refusal(cmd: Cmd) -> Option<Inbound> {
-    cmd.into_message()?
+    cmd.into_effect()?
         .into_failed(FailKind::ShuttingDown, "backplane is shutting down")
 }
 

@@ -57,7 +57,7 @@ impl Cmd {
 
     /// A publish, push or query as the effect it asks of Redis (`None` for requests
     /// that change local state first).
-    pub fn into_message(self) -> Option<Effect> {
+    pub fn into_effect(self) -> Option<Effect> {
         match self {
             Cmd::Publish {
                 topic,
@@ -204,7 +204,7 @@ impl Local {
     pub fn apply(&mut self, cmd: Cmd, b: &mut Batch) -> Result<(), Unbalanced> {
         match cmd {
             msg @ (Cmd::Publish { .. } | Cmd::Push { .. } | Cmd::Query { .. }) => {
-                b.effects.extend(msg.into_message())
+                b.effects.extend(msg.into_effect())
             }
             Cmd::Subscribe(topic) => {
                 self.add_interest(&topic);

@@ -1,5 +1,6 @@
-//! Redis backplane: carries topic/room messages, pushes and member counts between
-//! ringcast nodes. Design, data model and failure behaviour: `docs/scaling.md`.
+//! Redis backplane: carries topic/room messages, pushes, member counts and presence
+//! (members' join payloads, answered by [`Backplane::query`]) between ringcast nodes.
+//! Design, data model and failure behaviour: `docs/scaling.md`.
 //!
 //! One thread per node ("ringcast-backplane") runs a current-thread tokio runtime that
 //! owns the Redis connections. Shards talk to it only through a [`Backplane`] handle whose
@@ -98,7 +99,8 @@ pub enum Inbound {
     /// The answer to [`Backplane::query`] with this `tag` (a failure is an
     /// [`Answer::Failed`]).
     Answer { tag: u64, answer: Answer },
-    /// Connected (at start or again): subscriptions and member counts are registered.
+    /// Connected (at start or again): subscriptions, member counts and payloads are
+    /// registered.
     Up { node: u16 },
     /// The connection to Redis was lost; the backplane keeps reconnecting.
     Down { reason: String },
@@ -208,8 +210,8 @@ impl Shared {
 /// balanced by exactly one `unsubscribe`/`leave` (calling them once per member is fine);
 /// the node subscribes to a channel on the first reference and unsubscribes on the last.
 ///
-/// Queue limit: `publish`, `push`, `subscribe`, `join`, `query` and `barrier` are refused with
-/// [`SendError::Full`] when `queue_capacity` requests are waiting. `unsubscribe`, `leave`
+/// Queue limit: `publish`, `push`, `subscribe`, `join`, `query` and `barrier` are refused
+/// with [`SendError::Full`] when `queue_capacity` requests are waiting. `unsubscribe`, `leave`
 /// and `shutdown` are always accepted: they release state taken by an accepted request
 /// (so there are never more of them than live joins/subscriptions), and dropping one
 /// would leave a subscription or a member count behind.
@@ -362,7 +364,9 @@ impl Backplane {
     /// A member joins `room` on this node: takes a reference on the room's channel, adds
     /// one to this node's count and publishes a join event that every node with members
     /// in the room receives as [`Inbound::Member`] with the cluster-wide count, in the
-    /// room's message order. `payload` is opaque (e.g. the user name).
+    /// room's message order. `payload` is opaque (e.g. the user name); Redis also keeps
+    /// it as the member's presence entry (`Query::Members`) until its leave. A conn that
+    /// joins a room again counts again and shows its latest payload, once.
     pub fn join(&self, room: &str, conn: u64, payload: Bytes) -> Result<(), SendError> {
         self.admit(Cmd::Join {
             room: room.to_string(),
@@ -371,7 +375,8 @@ impl Backplane {
         })
     }
 
-    /// The reverse of an accepted `join`; always accepted.
+    /// The reverse of an accepted `join`; always accepted. The conn's presence entry
+    /// goes with its last join in the room.
     pub fn leave(&self, room: &str, conn: u64, payload: Bytes) {
         self.always(Cmd::Leave {
             room: room.to_string(),

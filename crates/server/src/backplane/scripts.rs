@@ -183,8 +183,8 @@ return 0
 "#;
 
 /// Removes the counts and presence entries of every registered node whose liveness key
-/// is gone and publishes
-/// the new totals to the affected rooms. Any live node may run it; it is idempotent.
+/// is gone and publishes the new totals to the affected rooms. Any live node may run it;
+/// it is idempotent.
 /// ARGV: prefix. Returns the number of nodes reaped.
 pub(crate) const REAP: &str = concat!(
     helpers!(),
