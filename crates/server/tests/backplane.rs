@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ringcast::backplane::{
-    Backplane, BackplaneConfig, BackplaneError, FailKind, FailedOp, Inbound, SendError,
+    Answer, Backplane, BackplaneConfig, BackplaneError, FailKind, FailedOp, Inbound, Present,
+    Query, RoomCount, SendError,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -334,6 +335,65 @@ fn count_event(evs: &[Inbound], room: &str, members: u64, after: u64) -> Option<
         evs,
         |x| matches!(x, Inbound::Count { room: r, members: m, seq } if r == room && *m == members && *seq > after),
     )
+}
+
+/// Asks `q` with `tag` (unique per node) and waits for the answer.
+fn ask(bp: &Backplane, ev: &Events, tag: u64, q: Query) -> Answer {
+    bp.query(tag, q).unwrap();
+    ev.wait_for("answer", |e| {
+        e.iter().find_map(|x| match x {
+            Inbound::Answer { tag: t, answer } if *t == tag => Some(answer.clone()),
+            _ => None,
+        })
+    })
+}
+
+/// The (node, conn, payload) of a members answer.
+fn present(a: &Answer) -> Vec<(u16, u64, String)> {
+    match a {
+        Answer::Members { members, .. } => members
+            .iter()
+            .map(
+                |Present {
+                     node,
+                     conn,
+                     payload,
+                 }| {
+                    (*node, *conn, String::from_utf8(payload.to_vec()).unwrap())
+                },
+            )
+            .collect(),
+        other => panic!("not a members answer: {other:?}"),
+    }
+}
+
+fn members_of(room: &str) -> Query {
+    Query::Members { room: room.into() }
+}
+
+fn count_of(room: &str) -> Query {
+    Query::Count { room: room.into() }
+}
+
+fn rooms(prefix: &str) -> Query {
+    Query::Rooms {
+        prefix: prefix.into(),
+    }
+}
+
+/// `(room, members)` of a rooms answer.
+fn room_counts(a: &Answer) -> Vec<(String, u64)> {
+    match a {
+        Answer::Rooms { rooms, .. } => rooms
+            .iter()
+            .map(|RoomCount { room, members, .. }| (room.clone(), *members))
+            .collect(),
+        other => panic!("not a rooms answer: {other:?}"),
+    }
+}
+
+fn presence_key(node: u16, room: &str) -> Vec<u8> {
+    format!("rctest:presence:{node}:{room}").into_bytes()
 }
 
 // ---------------------------------------------------------------- tests
@@ -914,4 +974,192 @@ fn recovers_when_redis_drops_the_subscription_connection() {
         (msgs(e, "t") == vec![b("after")]).then_some(())
     });
     assert_eq!(counter(&a, "ringcast_backplane_reconnects_total"), 1);
+}
+
+#[test]
+fn presence_queries_agree_across_nodes_and_follow_joins_and_leaves() {
+    let redis = Redis::start();
+    let (a, ea) = node(config(&redis.url()));
+    let (bn, eb) = node(config(&redis.url()));
+    let (na, nb) = (a.node_id(), bn.node_id());
+    a.join("chat:lobby", 1, b("alice")).unwrap();
+    a.join("chat:lobby", 2, b("bob")).unwrap();
+    // Asked right after the joins, without waiting: answered after them.
+    let first = ask(&a, &ea, 1, members_of("chat:lobby"));
+    assert_eq!(
+        present(&first),
+        [(na, 1, "alice".into()), (na, 2, "bob".into())]
+    );
+    bn.join("chat:lobby", 3, b("carol")).unwrap();
+    bn.join("chat:x", 4, b("dave")).unwrap();
+    bn.join("other", 5, b("eve")).unwrap();
+    ea.wait_for("carol joined", |e| {
+        member_event(e, "chat:lobby", 3, true, 3)
+    });
+
+    // Both nodes see the same members, counts and rooms.
+    let want = vec![
+        (na, 1, "alice".to_string()),
+        (na, 2, "bob".to_string()),
+        (nb, 3, "carol".to_string()),
+    ];
+    let (ma, mb) = (
+        ask(&a, &ea, 2, members_of("chat:lobby")),
+        ask(&bn, &eb, 2, members_of("chat:lobby")),
+    );
+    assert_eq!(present(&ma), want);
+    assert_eq!(ma, mb);
+    // The answer sits right after carol's join in the room's order (seq 3).
+    let carol_seq = member_seq(&ea.all(), "chat:lobby", 3, true).unwrap();
+    assert!(matches!(ma, Answer::Members { seq, .. } if seq == carol_seq));
+    for (bp, ev) in [(&a, &ea), (&bn, &eb)] {
+        assert_eq!(
+            ask(bp, ev, 3, count_of("chat:lobby")),
+            Answer::Count {
+                room: "chat:lobby".into(),
+                seq: carol_seq,
+                members: 3
+            }
+        );
+        let chat = ask(bp, ev, 4, rooms("chat:"));
+        assert_eq!(
+            room_counts(&chat),
+            [("chat:lobby".to_string(), 3), ("chat:x".to_string(), 1)]
+        );
+        let all = ask(bp, ev, 5, rooms(""));
+        assert_eq!(room_counts(&all).len(), 3);
+        assert!(room_counts(&ask(bp, ev, 6, rooms("nope"))).is_empty());
+    }
+
+    // A leave removes that member only; a second join of a conn keeps one entry.
+    a.leave("chat:lobby", 2, b("bob"));
+    assert_eq!(
+        present(&ask(&a, &ea, 7, members_of("chat:lobby"))),
+        [(na, 1, "alice".into()), (nb, 3, "carol".into())]
+    );
+    eb.wait_for("bob left", |e| member_event(e, "chat:lobby", 2, false, 2));
+    assert_eq!(
+        present(&ask(&bn, &eb, 7, members_of("chat:lobby"))),
+        [(na, 1, "alice".into()), (nb, 3, "carol".into())]
+    );
+    bn.join("chat:lobby", 3, b("carol again")).unwrap();
+    bn.leave("chat:lobby", 3, b("carol"));
+    assert_eq!(
+        present(&ask(&bn, &eb, 8, members_of("chat:lobby"))),
+        [(na, 1, "alice".into()), (nb, 3, "carol again".into())]
+    );
+
+    // A room nobody is in.
+    assert_eq!(
+        ask(&a, &ea, 9, count_of("empty")),
+        Answer::Count {
+            room: "empty".into(),
+            seq: 0,
+            members: 0
+        }
+    );
+    assert!(present(&ask(&a, &ea, 10, members_of("empty"))).is_empty());
+    // The last member's leave removes the node's presence hash with its count.
+    bn.leave("chat:x", 4, b("dave"));
+    barrier(&bn, &eb, 1);
+    let key = presence_key(nb, "chat:x");
+    assert_eq!(redis.cmd(&[b"EXISTS", &key]), Resp::Int(0));
+    assert_eq!(
+        room_counts(&ask(&a, &ea, 11, rooms("chat:"))),
+        [("chat:lobby".to_string(), 2)]
+    );
+    assert_eq!(counter(&a, "ringcast_backplane_errors_total"), 0);
+}
+
+#[test]
+fn dead_and_retired_nodes_drop_out_of_queries() {
+    let redis = Redis::start();
+    let cfg = config(&redis.url());
+    let (a, ea) = node(cfg.clone());
+    let (bn, _eb) = node(cfg.clone());
+    let (c, _ec) = node(cfg.clone());
+    let (na, nb, nc) = (a.node_id(), bn.node_id(), c.node_id());
+    a.join("room", 11, b("a1")).unwrap();
+    bn.join("room", 21, b("b1")).unwrap();
+    c.join("room", 31, b("c1")).unwrap();
+    c.join("c-only", 32, b("c2")).unwrap();
+    // The three joins race: whichever came last shows 3.
+    ea.wait_for("all three joined", |e| {
+        has(e, |x| {
+            matches!(x, Inbound::Member { room, joined: true, members: 3, .. } if room == "room")
+        })
+    });
+    assert_eq!(present(&ask(&a, &ea, 1, members_of("room"))).len(), 3);
+
+    // C dies without a word: once its liveness key is gone it is out of every answer,
+    // and the reaper removes its payloads from Redis.
+    drop(c);
+    ea.wait_for("C reaped", |e| count_event(e, "room", 2, 0));
+    assert_eq!(
+        present(&ask(&a, &ea, 2, members_of("room"))),
+        [(na, 11, "a1".into()), (nb, 21, "b1".into())]
+    );
+    assert_eq!(
+        room_counts(&ask(&a, &ea, 3, rooms(""))),
+        [("room".to_string(), 2)]
+    );
+    for room in ["room", "c-only"] {
+        let key = presence_key(nc, room);
+        assert_eq!(redis.cmd(&[b"EXISTS", &key]), Resp::Int(0), "{room}");
+    }
+
+    // A clean shutdown removes B's payloads at once.
+    assert!(bn.shutdown(Duration::from_secs(10)));
+    assert_eq!(
+        redis.cmd(&[b"EXISTS", &presence_key(nb, "room")]),
+        Resp::Int(0)
+    );
+    assert_eq!(
+        present(&ask(&a, &ea, 4, members_of("room"))),
+        [(na, 11, "a1".into())]
+    );
+    assert!(matches!(
+        ask(&a, &ea, 5, count_of("room")),
+        Answer::Count { members: 1, .. }
+    ));
+    assert_eq!(bn.query(1, count_of("room")), Err(SendError::Closed));
+}
+
+#[test]
+fn reconnect_re_registers_payloads_and_queries_fail_while_down() {
+    let mut redis = Redis::start();
+    let (a, ea) = node(config(&redis.url()));
+    let (bn, eb) = node(config(&redis.url()));
+    let (na, nb) = (a.node_id(), bn.node_id());
+    a.join("room", 1, b("a1")).unwrap();
+    ea.wait_for("a1 joined", |e| member_event(e, "room", 1, true, 1));
+    bn.join("room", 2, b("b1")).unwrap();
+    eb.wait_for("b1 joined", |e| member_event(e, "room", 2, true, 2));
+
+    redis.kill();
+    ea.wait_for("down", |e| has(e, |x| matches!(x, Inbound::Down { .. })));
+    let errors = counter(&a, "ringcast_backplane_errors_total");
+    match ask(&a, &ea, 1, members_of("room")) {
+        Answer::Failed {
+            query,
+            kind: FailKind::Down,
+            reason,
+        } => {
+            assert_eq!(query, members_of("room"));
+            assert!(reason.contains("down"), "{reason}");
+        }
+        other => panic!("answered while down: {other:?}"),
+    }
+    assert!(counter(&a, "ringcast_backplane_errors_total") > errors);
+    // Joins and leaves while down are remembered and registered on reconnect.
+    a.join("room", 3, b("a2")).unwrap();
+    a.leave("room", 1, b("a1"));
+
+    redis.restart(); // empty data set: everything comes from the nodes' resync
+    for e in [&ea, &eb] {
+        e.wait_for("counts re-registered", |e| count_event(e, "room", 2, 0));
+    }
+    let want = vec![(na, 3, "a2".to_string()), (nb, 2, "b1".to_string())];
+    assert_eq!(present(&ask(&a, &ea, 2, members_of("room"))), want);
+    assert_eq!(present(&ask(&bn, &eb, 2, members_of("room"))), want);
 }

@@ -11,10 +11,11 @@ use tracing::warn;
 
 use super::fallback::{fallback_event, refusal};
 use super::local::{Batch, Cmd, Effect, Unbalanced};
+use super::query::{add_query, answer};
 use super::session::timed;
 use super::wire::{self, Names};
 use super::worker::{Flow, Worker};
-use super::{scripts, BackplaneStats, FailKind, Inbound};
+use super::{scripts, Answer, BackplaneStats, FailKind, Inbound};
 
 /// Topics to subscribe and to unsubscribe so that the connection follows local
 /// interest, each once, in first-touched order.
@@ -87,6 +88,7 @@ pub(super) fn add_to_pipeline(
             joined,
             count,
             payload,
+            presence,
         } => {
             pipe.cmd("EVAL")
                 .arg(scripts::MEMBER)
@@ -97,8 +99,11 @@ pub(super) fn add_to_pipeline(
                 .arg(room)
                 .arg(*count)
                 .arg(wire::member_head(*joined, *conn))
-                .arg(&payload[..]);
+                .arg(&payload[..])
+                .arg(presence.arg())
+                .arg(*conn);
         }
+        Effect::Query { query, .. } => add_query(pipe, &names.prefix, query),
     }
 }
 
@@ -272,6 +277,16 @@ impl Worker {
 
     /// Accounts for one pipeline reply.
     fn settle(&mut self, eff: Effect, reply: RedisResult<Value>) {
+        let eff = match eff {
+            Effect::Query { tag, query } => {
+                let answer = answer(query, reply);
+                if matches!(answer, Answer::Failed { .. }) {
+                    BackplaneStats::inc(&self.shared.stats.errors_total);
+                }
+                return self.emitter.emit(Inbound::Answer { tag, answer });
+            }
+            other => other,
+        };
         match settle_outcome(&eff, &reply) {
             Settled::Published => BackplaneStats::inc(&self.shared.stats.published_total),
             Settled::NoRecipients => {}
@@ -360,8 +375,22 @@ mod tests {
                 b"r",
                 b"2",
                 b"rc1 l 8 ",
-                b"alice"
+                b"alice",
+                b"d",
+                b"8"
             ]
         );
+        // A query is its script call (see query.rs), in the same pipeline.
+        let mut pipe = redis::pipe();
+        let q = crate::backplane::Query::Count { room: "r".into() };
+        add_to_pipeline(
+            &mut pipe,
+            &Effect::Query { tag: 1, query: q },
+            &names,
+            3,
+            "tok",
+        );
+        let cmd = args(pipe.cmd_iter().next().unwrap());
+        assert_eq!(cmd[1], scripts::QUERY_COUNT.as_bytes());
     }
 }

@@ -1,14 +1,14 @@
 //! What effects become without Redis: a push to this node is looped back, publishes
-//! and remote pushes come back as `Failed` with their payload, joins/leaves are shown
-//! to this node's members with the node-local count. Also the answers to requests that
-//! arrive after shutdown.
+//! and remote pushes come back as `Failed` with their payload, queries as a failed
+//! `Answer`, joins/leaves are shown to this node's members with the node-local count.
+//! Also the answers to requests that arrive after shutdown.
 
 use super::local::{Cmd, Effect};
-use super::{FailKind, FailedOp, Inbound};
+use super::{Answer, FailKind, FailedOp, Inbound};
 
 impl Effect {
-    /// The `Failed` event of a publish or push, handing the payload back (`None` for
-    /// other effects).
+    /// The `Failed` event of a publish or push, handing the payload back, or the failed
+    /// answer of a query (`None` for joins/leaves).
     fn into_failed(self, kind: FailKind, reason: &str) -> Option<Inbound> {
         let (op, origin, topic, payload) = match self {
             Effect::Publish {
@@ -23,6 +23,14 @@ impl Effect {
                 origin,
                 payload,
             } => (FailedOp::Push { node, conn }, origin, None, payload),
+            Effect::Query { tag, query } => {
+                let answer = Answer::Failed {
+                    query,
+                    kind,
+                    reason: reason.to_string(),
+                };
+                return Some(Inbound::Answer { tag, answer });
+            }
             Effect::Member { .. } => return None,
         };
         Some(Inbound::Failed {
@@ -74,6 +82,7 @@ pub(super) fn fallback_event(
             joined,
             count,
             payload,
+            ..
         } => Fallback {
             event: ours(&room).then_some(Inbound::Member {
                 room,
@@ -96,7 +105,7 @@ pub(super) fn fallback_event(
 /// The answer to a request that came after shutdown: publishes and pushes (to any
 /// node, this one included) fail; the rest has nobody to tell.
 pub(super) fn refusal(cmd: Cmd) -> Option<Inbound> {
-    cmd.into_message()?
+    cmd.into_effect()?
         .into_failed(FailKind::ShuttingDown, "backplane is shutting down")
 }
 
@@ -104,6 +113,7 @@ pub(super) fn refusal(cmd: Cmd) -> Option<Inbound> {
 mod tests {
     use super::*;
     use crate::backplane::testutil::{b, member, publish, push};
+    use crate::backplane::Query;
 
     fn failed(op: FailedOp, kind: FailKind, topic: Option<&str>, reason: &str) -> Inbound {
         Inbound::Failed {
@@ -139,6 +149,28 @@ mod tests {
         assert!(f.error);
         let want = failed(FailedOp::Publish, FailKind::Refused, Some("t"), "no");
         assert_eq!(f.event, Some(want));
+    }
+
+    #[test]
+    fn queries_fail_while_down() {
+        let query = Query::Count { room: "r".into() };
+        let eff = Effect::Query {
+            tag: 9,
+            query: query.clone(),
+        };
+        let f = fallback_event(eff, 3, FailKind::Down, "redis backplane down: x", |_| true);
+        let answer = Answer::Failed {
+            query,
+            kind: FailKind::Down,
+            reason: "redis backplane down: x".into(),
+        };
+        assert_eq!(
+            f,
+            Fallback {
+                event: Some(Inbound::Answer { tag: 9, answer }),
+                error: true
+            }
+        );
     }
 
     #[test]
@@ -179,6 +211,17 @@ mod tests {
         let op = FailedOp::Push { node: 2, conn: 8 };
         let reason = "backplane is shutting down";
         assert_eq!(ev, Some(failed(op, FailKind::ShuttingDown, None, reason)));
+        let query = Query::Members { room: "r".into() };
+        let ev = refusal(Cmd::Query {
+            tag: 3,
+            query: query.clone(),
+        });
+        let answer = Answer::Failed {
+            query,
+            kind: FailKind::ShuttingDown,
+            reason: reason.into(),
+        };
+        assert_eq!(ev, Some(Inbound::Answer { tag: 3, answer }));
         assert!(refusal(Cmd::Subscribe("t".into())).is_none());
         assert!(refusal(Cmd::Barrier(1)).is_none());
         assert!(refusal(Cmd::Leave {

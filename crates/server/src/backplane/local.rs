@@ -9,6 +9,8 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 
+use super::Query;
+
 /// A request from a handle.
 pub(crate) enum Cmd {
     Publish {
@@ -37,6 +39,10 @@ pub(crate) enum Cmd {
         payload: Bytes,
     },
     Barrier(u64),
+    Query {
+        tag: u64,
+        query: Query,
+    },
     Shutdown,
 }
 
@@ -49,8 +55,9 @@ impl Cmd {
         )
     }
 
-    /// A publish or push as the effect it asks of Redis (`None` for other requests).
-    pub fn into_message(self) -> Option<Effect> {
+    /// A publish, push or query as the effect it asks of Redis (`None` for requests
+    /// that change local state first).
+    pub fn into_effect(self) -> Option<Effect> {
         match self {
             Cmd::Publish {
                 topic,
@@ -74,6 +81,7 @@ impl Cmd {
                 origin,
                 payload,
             }),
+            Cmd::Query { tag, query } => Some(Effect::Query { tag, query }),
             _ => None,
         }
     }
@@ -101,7 +109,42 @@ pub(super) enum Effect {
         joined: bool,
         count: u64,
         payload: Bytes,
+        presence: Presence,
     },
+    /// A presence query, answered in request order.
+    Query { tag: u64, query: Query },
+}
+
+/// What a join/leave does to the member's entry in the room's presence hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Presence {
+    /// Store the event's payload for the conn (a join).
+    Set,
+    /// Remove the conn (its last join in the room left).
+    Remove,
+    /// Leave it: the conn is still in the room through another join.
+    Keep,
+}
+
+impl Presence {
+    /// The MEMBER script's argument for it.
+    pub fn arg(self) -> &'static str {
+        match self {
+            Presence::Set => "s",
+            Presence::Remove => "d",
+            Presence::Keep => "-",
+        }
+    }
+}
+
+/// This node's members of one room.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Room {
+    /// Joins not yet balanced by a leave: the node's count in Redis.
+    pub count: u64,
+    /// Conn -> payload of its latest join and how many joins it has here. Kept so a
+    /// resync can register the payloads again.
+    pub conns: HashMap<u64, (Bytes, u64)>,
 }
 
 /// Topic -> local references (subscribe + join). Shared with the reader, which drops
@@ -121,7 +164,15 @@ pub(super) struct Batch {
 
 impl Batch {
     /// A join/leave: its room's subscription may change, and Redis gets the new count.
-    fn member(&mut self, room: String, conn: u64, joined: bool, count: u64, payload: Bytes) {
+    fn member(
+        &mut self,
+        room: String,
+        conn: u64,
+        joined: bool,
+        count: u64,
+        presence: Presence,
+        payload: Bytes,
+    ) {
         self.touched.push(room.clone());
         self.effects.push(Effect::Member {
             room,
@@ -129,6 +180,7 @@ impl Batch {
             joined,
             count,
             payload,
+            presence,
         });
     }
 }
@@ -143,15 +195,17 @@ pub(super) enum Unbalanced {
 #[derive(Default)]
 pub(super) struct Local {
     pub interest: Interest,
-    /// Room -> local member count (absent = 0).
-    pub members: HashMap<String, u64>,
+    /// Room -> this node's members there (absent = none).
+    pub members: HashMap<String, Room>,
 }
 
 impl Local {
     /// Applies one request to local state and records what it asks of Redis.
     pub fn apply(&mut self, cmd: Cmd, b: &mut Batch) -> Result<(), Unbalanced> {
         match cmd {
-            msg @ (Cmd::Publish { .. } | Cmd::Push { .. }) => b.effects.extend(msg.into_message()),
+            msg @ (Cmd::Publish { .. } | Cmd::Push { .. } | Cmd::Query { .. }) => {
+                b.effects.extend(msg.into_effect())
+            }
             Cmd::Subscribe(topic) => {
                 self.add_interest(&topic);
                 b.touched.push(topic);
@@ -167,27 +221,41 @@ impl Local {
                 conn,
                 payload,
             } => {
-                let n = self.members.entry(room.clone()).or_insert(0);
-                *n += 1;
-                let count = *n;
+                let r = self.members.entry(room.clone()).or_default();
+                r.count += 1;
+                let c = r.conns.entry(conn).or_insert((Bytes::new(), 0));
+                // A conn that joins again shows its latest payload.
+                *c = (payload.clone(), c.1 + 1);
+                let count = r.count;
                 self.add_interest(&room);
-                b.member(room, conn, true, count, payload);
+                b.member(room, conn, true, count, Presence::Set, payload);
             }
             Cmd::Leave {
                 room,
                 conn,
                 payload,
             } => {
-                let Some(n) = self.members.get_mut(&room) else {
+                let Some(r) = self.members.get_mut(&room) else {
                     return Err(Unbalanced::Leave { room, conn });
                 };
-                *n -= 1;
-                let count = *n;
+                r.count -= 1;
+                let count = r.count;
+                let presence = match r.conns.get_mut(&conn) {
+                    Some((_, joins)) if *joins > 1 => {
+                        *joins -= 1;
+                        Presence::Keep
+                    }
+                    _ => {
+                        // Also for a conn that never joined: removing nothing is harmless.
+                        r.conns.remove(&conn);
+                        Presence::Remove
+                    }
+                };
                 if count == 0 {
                     self.members.remove(&room);
                 }
                 self.drop_interest(&room);
-                b.member(room, conn, false, count, payload);
+                b.member(room, conn, false, count, presence, payload);
             }
             Cmd::Barrier(tag) => b.barriers.push(tag),
             Cmd::Shutdown => b.stop = true,
@@ -339,6 +407,66 @@ mod tests {
         assert!(batch.touched.is_empty());
     }
 
+    fn presence(batch: &Batch) -> Vec<Presence> {
+        batch
+            .effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Member { presence, .. } => Some(*presence),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn payloads_are_remembered_per_conn_until_its_last_leave() {
+        let mut l = Local::default();
+        let mut batch = Batch::default();
+        let join_as = |conn, p: &'static str| Cmd::Join {
+            room: "r".into(),
+            conn,
+            payload: b(p),
+        };
+        l.apply(join_as(1, "alice"), &mut batch).unwrap();
+        l.apply(join_as(2, "bob"), &mut batch).unwrap();
+        // The same conn again: counted twice, one entry with its latest payload.
+        l.apply(join_as(1, "alice2"), &mut batch).unwrap();
+        let r = &l.members["r"];
+        assert_eq!(r.count, 3);
+        assert_eq!(r.conns[&1], (b("alice2"), 2));
+        assert_eq!(r.conns[&2], (b("bob"), 1));
+        l.apply(leave("r", 1), &mut batch).unwrap();
+        assert_eq!(l.members["r"].conns[&1], (b("alice2"), 1));
+        l.apply(leave("r", 1), &mut batch).unwrap();
+        assert!(!l.members["r"].conns.contains_key(&1));
+        l.apply(leave("r", 2), &mut batch).unwrap();
+        assert!(l.members.is_empty());
+        use Presence::*;
+        assert_eq!(presence(&batch), [Set, Set, Set, Keep, Remove, Remove]);
+        assert_eq!(Set.arg(), "s");
+        assert_eq!(Remove.arg(), "d");
+        assert_eq!(Keep.arg(), "-");
+    }
+
+    #[test]
+    fn queries_are_effects_in_request_order() {
+        let mut l = Local::default();
+        let mut batch = Batch::default();
+        let q = Query::Count { room: "r".into() };
+        l.apply(join("r", 1), &mut batch).unwrap();
+        l.apply(
+            Cmd::Query {
+                tag: 7,
+                query: q.clone(),
+            },
+            &mut batch,
+        )
+        .unwrap();
+        assert!(matches!(batch.effects[0], Effect::Member { .. }));
+        assert_eq!(batch.effects[1], Effect::Query { tag: 7, query: q });
+        assert_eq!(batch.touched, ["r"], "a query changes no subscription");
+    }
+
     #[test]
     fn only_releases_and_shutdown_skip_admission() {
         assert!(!leave("r", 1).counted());
@@ -346,6 +474,8 @@ mod tests {
         assert!(!Cmd::Shutdown.counted());
         assert!(join("r", 1).counted());
         assert!(Cmd::Barrier(1).counted());
+        let q = Query::Rooms { prefix: "".into() };
+        assert!(Cmd::Query { tag: 1, query: q }.counted());
         assert!(Cmd::Subscribe("t".into()).counted());
     }
 }

@@ -1,5 +1,6 @@
-//! Redis backplane: carries topic/room messages, pushes and member counts between
-//! ringcast nodes. Design, data model and failure behaviour: `docs/scaling.md`.
+//! Redis backplane: carries topic/room messages, pushes, member counts and presence
+//! (members' join payloads, answered by [`Backplane::query`]) between ringcast nodes.
+//! Design, data model and failure behaviour: `docs/scaling.md`.
 //!
 //! One thread per node ("ringcast-backplane") runs a current-thread tokio runtime that
 //! owns the Redis connections. Shards talk to it only through a [`Backplane`] handle whose
@@ -16,6 +17,7 @@ mod exec;
 mod fallback;
 mod local;
 mod node;
+mod query;
 mod reader;
 mod scripts;
 mod session;
@@ -35,6 +37,7 @@ use tokio::sync::mpsc;
 
 pub(crate) use config::redact_url;
 pub use config::BackplaneConfig;
+pub use query::{Answer, Present, Query, RoomCount};
 pub use stats::BackplaneStats;
 
 use local::Cmd;
@@ -93,7 +96,11 @@ pub enum Inbound {
     },
     /// Every request queued before [`Backplane::barrier`] has been carried out.
     Barrier { tag: u64 },
-    /// Connected (at start or again): subscriptions and member counts are registered.
+    /// The answer to [`Backplane::query`] with this `tag` (a failure is an
+    /// [`Answer::Failed`]).
+    Answer { tag: u64, answer: Answer },
+    /// Connected (at start or again): subscriptions, member counts and payloads are
+    /// registered.
     Up { node: u16 },
     /// The connection to Redis was lost; the backplane keeps reconnecting.
     Down { reason: String },
@@ -203,8 +210,8 @@ impl Shared {
 /// balanced by exactly one `unsubscribe`/`leave` (calling them once per member is fine);
 /// the node subscribes to a channel on the first reference and unsubscribes on the last.
 ///
-/// Queue limit: `publish`, `push`, `subscribe`, `join` and `barrier` are refused with
-/// [`SendError::Full`] when `queue_capacity` requests are waiting. `unsubscribe`, `leave`
+/// Queue limit: `publish`, `push`, `subscribe`, `join`, `query` and `barrier` are refused
+/// with [`SendError::Full`] when `queue_capacity` requests are waiting. `unsubscribe`, `leave`
 /// and `shutdown` are always accepted: they release state taken by an accepted request
 /// (so there are never more of them than live joins/subscriptions), and dropping one
 /// would leave a subscription or a member count behind.
@@ -357,7 +364,9 @@ impl Backplane {
     /// A member joins `room` on this node: takes a reference on the room's channel, adds
     /// one to this node's count and publishes a join event that every node with members
     /// in the room receives as [`Inbound::Member`] with the cluster-wide count, in the
-    /// room's message order. `payload` is opaque (e.g. the user name).
+    /// room's message order. `payload` is opaque (e.g. the user name); Redis also keeps
+    /// it as the member's presence entry (`Query::Members`) until its leave. A conn that
+    /// joins a room again counts again and shows its latest payload, once.
     pub fn join(&self, room: &str, conn: u64, payload: Bytes) -> Result<(), SendError> {
         self.admit(Cmd::Join {
             room: room.to_string(),
@@ -366,13 +375,23 @@ impl Backplane {
         })
     }
 
-    /// The reverse of an accepted `join`; always accepted.
+    /// The reverse of an accepted `join`; always accepted. The conn's presence entry
+    /// goes with its last join in the room.
     pub fn leave(&self, room: &str, conn: u64, payload: Bytes) {
         self.always(Cmd::Leave {
             room: room.to_string(),
             conn,
             payload,
         });
+    }
+
+    /// Asks Redis about the cluster's members and rooms; the answer comes back as
+    /// [`Inbound::Answer`] with `tag`, after the answers and effects of every request
+    /// queued before it (so it sees this node's earlier joins and leaves). One Lua
+    /// script per query; see [`Answer`] for how it fits the room's event order. While
+    /// Redis is down it is answered at once with [`Answer::Failed`] (kind `Down`).
+    pub fn query(&self, tag: u64, q: Query) -> Result<(), SendError> {
+        self.admit(Cmd::Query { tag, query: q })
     }
 
     /// Asks for an [`Inbound::Barrier`] once every request queued before it is done

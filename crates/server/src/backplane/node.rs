@@ -12,6 +12,7 @@ use tokio::time::{sleep, Instant};
 use tracing::{error, info, warn};
 
 use super::config::redact_url;
+use super::local::Room;
 use super::scripts;
 use super::session::timed;
 use super::worker::Worker;
@@ -22,15 +23,15 @@ pub(super) fn node_from_seq(seq: i64, max: u16) -> u16 {
     ((seq - 1).rem_euclid(i64::from(max)) + 1) as u16
 }
 
-/// The SYNC script call: claim `node` with `token` and replace its counts by `members`
-/// (or, retiring, remove them all with the liveness key).
+/// The SYNC script call: claim `node` with `token` and replace its counts and presence
+/// entries by `members` (or, retiring, remove them all with the liveness key).
 pub(super) fn sync_cmd(
     prefix: &str,
     node: u16,
     token: &str,
     ttl_ms: u64,
     retire: bool,
-    members: &HashMap<String, u64>,
+    members: &HashMap<String, Room>,
 ) -> redis::Cmd {
     let mut c = redis::cmd("EVAL");
     c.arg(scripts::SYNC)
@@ -41,8 +42,11 @@ pub(super) fn sync_cmd(
         .arg(ttl_ms)
         .arg(if retire { 1 } else { 0 });
     if !retire {
-        for (room, n) in members {
-            c.arg(room).arg(*n);
+        for (room, r) in members {
+            c.arg(room).arg(r.count).arg(r.conns.len());
+            for (conn, (payload, _)) in &r.conns {
+                c.arg(*conn).arg(&payload[..]);
+            }
         }
     }
     c
@@ -219,7 +223,7 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backplane::testutil::args;
+    use crate::backplane::testutil::{args, b};
 
     #[test]
     fn allocated_ids_wrap_within_1_to_max() {
@@ -233,16 +237,36 @@ mod tests {
     }
 
     #[test]
-    fn sync_registers_every_local_count_and_retire_none() {
-        let members = HashMap::from([("room".to_string(), 3)]);
+    fn sync_registers_every_local_count_and_payload_and_retire_none() {
+        let room = Room {
+            count: 3,
+            // Conn 8 joined twice: one presence entry.
+            conns: HashMap::from([(8, (b("alice"), 2)), (9, (b("bob"), 1))]),
+        };
+        let members = HashMap::from([("room".to_string(), room)]);
         let a = args(&sync_cmd("p", 4, "tok", 1500, false, &members));
-        let tail: Vec<&[u8]> = a[2..].iter().map(|v| &v[..]).collect();
         assert_eq!(a[0], b"EVAL");
         assert_eq!(a[1], scripts::SYNC.as_bytes());
+        let head: Vec<&[u8]> = a[2..11].iter().map(|v| &v[..]).collect();
         assert_eq!(
-            tail,
-            [&b"0"[..], b"p", b"4", b"tok", b"1500", b"0", b"room", b"3"]
+            head,
+            [
+                &b"0"[..],
+                b"p",
+                b"4",
+                b"tok",
+                b"1500",
+                b"0",
+                b"room",
+                b"3",
+                b"2"
+            ]
         );
+        // The (conn, payload) pairs, in whatever order the map gives them.
+        let mut pairs: Vec<(&[u8], &[u8])> =
+            a[11..].chunks(2).map(|p| (&p[0][..], &p[1][..])).collect();
+        pairs.sort();
+        assert_eq!(pairs, [(&b"8"[..], &b"alice"[..]), (b"9", b"bob")]);
         let r = args(&sync_cmd("p", 4, "tok", 1500, true, &members));
         assert_eq!(r.len(), 8, "retire sends no counts");
         assert_eq!(r[7], b"1");

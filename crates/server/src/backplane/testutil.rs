@@ -12,7 +12,7 @@ pub(super) fn args(cmd: &redis::Cmd) -> Vec<Vec<u8>> {
 
 use bytes::Bytes;
 
-use super::local::Effect;
+use super::local::{Effect, Presence};
 
 pub(super) fn b(s: &'static str) -> Bytes {
     Bytes::from_static(s.as_bytes())
@@ -46,5 +46,10 @@ pub(super) fn member(joined: bool, count: u64) -> Effect {
         joined,
         count,
         payload: b("alice"),
+        presence: if joined {
+            Presence::Set
+        } else {
+            Presence::Remove
+        },
     }
 }
