@@ -10,20 +10,34 @@
 //! backplane→shard pair, which keeps Redis's order), pushes to the shard of
 //! the addressed connection. So a shard never waits for Redis.
 
+use std::collections::HashMap;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use ringcast_reactor::Handle;
 
 use crate::api::Frame;
-use crate::backplane::{Backplane, BackplaneConfig, BackplaneStats, FailedOp, Inbound};
+use crate::backplane::{
+    Answer, Backplane, BackplaneConfig, BackplaneStats, FailedOp, Inbound, Query,
+};
 use crate::channel::{owner, remote_topic, ChannelMail};
 use crate::config::Settings;
 use crate::id::{ConnId, MAX_NODE};
 use crate::route::Router as IdRouter;
 use crate::shard::Mail;
+
+/// How long a cluster-wide query waits for Redis.
+const QUERY_WAIT: Duration = Duration::from_secs(2);
+
+fn unexpected(a: Answer) -> io::Error {
+    io::Error::other(format!(
+        "cluster query got an answer to another question: {a:?}"
+    ))
+}
 
 /// How long the backplane thread retries a full shard mailbox before it
 /// drops the event (counted, logged). A mailbox stays full this long only
@@ -34,6 +48,27 @@ const MAIL_WAIT: Duration = Duration::from_secs(1);
 pub(crate) struct Link {
     pub backplane: Backplane,
     router: Arc<OnceLock<Router>>,
+    queries: Arc<Queries>,
+}
+
+/// Cluster-wide queries waiting for their answer from the backplane thread.
+#[derive(Default)]
+struct Queries {
+    next: AtomicU64,
+    waiting: Mutex<HashMap<u64, SyncSender<Answer>>>,
+}
+
+impl Queries {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, SyncSender<Answer>>> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// On the backplane thread: hands an answer to whoever still waits.
+    fn answer(&self, tag: u64, answer: Answer) {
+        if let Some(tx) = self.lock().remove(&tag) {
+            let _ = tx.try_send(answer);
+        }
+    }
 }
 
 /// Starts the backplane if `--redis` is set. Redis unreachable (without
@@ -44,15 +79,23 @@ pub(crate) fn start(s: &Settings) -> io::Result<Option<Link>> {
         return Ok(None);
     }
     let router = Arc::new(OnceLock::<Router>::new());
-    let events = router.clone();
+    let queries = Arc::new(Queries::default());
+    let (events, answers) = (router.clone(), queries.clone());
     let backplane = Backplane::start(config(s), move |ev| {
+        if let Inbound::Answer { tag, answer } = ev {
+            return answers.answer(tag, answer);
+        }
         // Before the shards run only `Up` can arrive; nothing to tell them.
         if let Some(r) = events.get() {
             r.route(ev);
         }
     })
     .map_err(|e| io::Error::other(e.to_string()))?;
-    Ok(Some(Link { backplane, router }))
+    Ok(Some(Link {
+        backplane,
+        router,
+        queries,
+    }))
 }
 
 fn config(s: &Settings) -> BackplaneConfig {
@@ -77,6 +120,64 @@ impl Link {
     pub fn metrics(&self) -> Box<dyn Fn(&mut String) + Send + Sync> {
         let stats = self.backplane.stats();
         Box::new(move |out| stats.render(out))
+    }
+
+    /// Asks Redis, waiting up to `wait` for the answer (for threads that
+    /// may block: never a shard).
+    pub fn query(&self, q: Query, wait: Duration) -> io::Result<Answer> {
+        let tag = self.queries.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = sync_channel(1);
+        self.queries.lock().insert(tag, tx);
+        if let Err(e) = self.backplane.query(tag, q) {
+            self.queries.lock().remove(&tag);
+            return Err(io::Error::other(format!("cluster query not sent: {e}")));
+        }
+        let answer = rx.recv_timeout(wait);
+        self.queries.lock().remove(&tag);
+        match answer {
+            Ok(Answer::Failed { reason, .. }) => {
+                Err(io::Error::other(format!("cluster query failed: {reason}")))
+            }
+            Ok(a) => Ok(a),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("Redis did not answer the cluster query within {wait:?}"),
+            )),
+        }
+    }
+
+    /// The presence members of `room` on every live node.
+    pub fn members(&self, room: &str) -> io::Result<Vec<(ConnId, Bytes)>> {
+        match self.query(Query::Members { room: room.into() }, QUERY_WAIT)? {
+            Answer::Members { members, .. } => Ok(members
+                .into_iter()
+                .map(|p| (ConnId::from_u64(p.conn), p.payload))
+                .collect()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Presence channels starting with `prefix` with their cluster-wide
+    /// member counts, sorted by name.
+    pub fn channels(&self, prefix: &str) -> io::Result<Vec<(String, usize)>> {
+        let q = Query::Rooms {
+            prefix: prefix.into(),
+        };
+        match self.query(q, QUERY_WAIT)? {
+            Answer::Rooms { rooms, .. } => Ok(rooms
+                .into_iter()
+                .map(|r| (r.room, r.members as usize))
+                .collect()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The cluster-wide presence member count of `room`.
+    pub fn count(&self, room: &str) -> io::Result<usize> {
+        match self.query(Query::Count { room: room.into() }, QUERY_WAIT)? {
+            Answer::Count { members, .. } => Ok(members as usize),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// The shards run: from now on backplane events reach them.

@@ -4,9 +4,11 @@
 use std::io;
 use std::time::Duration;
 
+use bytes::Bytes;
 use ringcast_reactor::Handle;
 
 use crate::config::Settings;
+use crate::id::ConnId;
 use crate::shard::Mail;
 
 /// There is never a link to other nodes (no value of this type exists).
@@ -26,6 +28,18 @@ impl Link {
     }
 
     pub fn shutdown(&self, _: Duration) {
+        match *self {}
+    }
+
+    pub fn members(&self, _: &str) -> io::Result<Vec<(ConnId, Bytes)>> {
+        match *self {}
+    }
+
+    pub fn channels(&self, _: &str) -> io::Result<Vec<(String, usize)>> {
+        match *self {}
+    }
+
+    pub fn count(&self, _: &str) -> io::Result<usize> {
         match *self {}
     }
 }

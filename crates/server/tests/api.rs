@@ -2,16 +2,16 @@
 //! handler panics close with 1011, and push / broadcast / publish / close /
 //! per-connection data / ids work across shards.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
+use common::ws::{Client, TIMEOUT};
 use ringcast::BackendChoice;
 use ringcast::{ConnId, EventKind, Frame, Running, Server, Settings};
-
-const TIMEOUT: Duration = Duration::from_secs(20);
 
 fn backends() -> Vec<BackendChoice> {
     let mut v = vec![BackendChoice::Epoll];
@@ -28,130 +28,6 @@ fn settings(backend: BackendChoice, shards: usize) -> Settings {
     s.backend = backend;
     s.shards = shards;
     s
-}
-
-/// A minimal WebSocket client (masking with a fixed key is fine for tests).
-struct Client {
-    s: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Client {
-    fn connect(addr: SocketAddr, path: &str) -> Client {
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(TIMEOUT)).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        .unwrap();
-        let mut c = Client { s, buf: Vec::new() };
-        let end = loop {
-            if let Some(p) = c.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break p + 4;
-            }
-            c.fill();
-        };
-        assert!(
-            c.buf.starts_with(b"HTTP/1.1 101"),
-            "{}",
-            String::from_utf8_lossy(&c.buf)
-        );
-        c.buf.drain(..end);
-        c
-    }
-
-    fn fill(&mut self) {
-        let mut tmp = [0u8; 65536];
-        let n = loop {
-            match self.s.read(&mut tmp) {
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                r => break r.expect("read"),
-            }
-        };
-        assert!(n > 0, "connection closed");
-        self.buf.extend_from_slice(&tmp[..n]);
-    }
-
-    fn send(&mut self, opcode: u8, payload: &[u8]) {
-        let key = [1u8, 2, 3, 4];
-        let mut f = vec![0x80 | opcode];
-        match payload.len() {
-            n if n < 126 => f.push(0x80 | n as u8),
-            n if n < 65536 => {
-                f.push(0x80 | 126);
-                f.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                f.push(0x80 | 127);
-                f.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        f.extend_from_slice(&key);
-        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-        self.s.write_all(&f).unwrap();
-    }
-
-    fn text(&mut self, t: &str) {
-        self.send(1, t.as_bytes());
-    }
-
-    /// Next frame: (opcode, payload); pings are skipped.
-    fn recv(&mut self) -> (u8, Vec<u8>) {
-        loop {
-            while self.buf.len() < 2 {
-                self.fill();
-            }
-            let op = self.buf[0] & 0x0f;
-            let (len, off) = match self.buf[1] & 0x7f {
-                126 => {
-                    while self.buf.len() < 4 {
-                        self.fill();
-                    }
-                    (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
-                }
-                127 => {
-                    while self.buf.len() < 10 {
-                        self.fill();
-                    }
-                    (
-                        u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize,
-                        10,
-                    )
-                }
-                n => (n as usize, 2),
-            };
-            while self.buf.len() < off + len {
-                self.fill();
-            }
-            let payload = self.buf[off..off + len].to_vec();
-            self.buf.drain(..off + len);
-            if op != 9 {
-                return (op, payload);
-            }
-        }
-    }
-
-    fn recv_text(&mut self) -> String {
-        let (op, p) = self.recv();
-        assert_eq!(
-            op,
-            1,
-            "expected text, got opcode {op}: {:?}",
-            String::from_utf8_lossy(&p)
-        );
-        String::from_utf8(p).unwrap()
-    }
-
-    fn recv_close_code(&mut self) -> u16 {
-        loop {
-            let (op, p) = self.recv();
-            if op == 8 {
-                return u16::from_be_bytes([p[0], p[1]]);
-            }
-        }
-    }
 }
 
 fn addr(r: &Running) -> SocketAddr {
@@ -373,9 +249,9 @@ fn push_broadcast_publish_close_and_data_across_shards() {
 
 /// A presence server: `/join/NAME` joins channel `presence-room` with NAME
 /// as its payload; the renderer shows `kind:seq:members:payload`.
-fn presence_server(backend: BackendChoice) -> Running {
+fn presence_server(settings: Settings) -> Running {
     const ROOM: &str = "presence-room";
-    Server::new(settings(backend, 2))
+    Server::new(settings)
         .on_channel_event(|ev| {
             let (kind, payload) = match ev.kind {
                 EventKind::Join { payload, .. } => ("join", payload),
@@ -433,7 +309,7 @@ fn presence_server(backend: BackendChoice) -> Running {
 #[test]
 fn presence_channels_number_events_render_once_and_answer_queries() {
     for backend in backends() {
-        let running = presence_server(backend);
+        let running = presence_server(settings(backend, 2));
         let join = |name: &str| {
             let mut c = Client::connect(addr(&running), &format!("/join/{name}"));
             let id: u64 = c.recv_text().strip_prefix("id:").unwrap().parse().unwrap();
@@ -492,5 +368,64 @@ fn presence_channels_number_events_render_once_and_answer_queries() {
         h.stop(Duration::from_secs(5));
         drop(bob);
         running.join().unwrap();
+    }
+}
+
+/// Cluster mode: two nodes on one real redis-server; presence queries from
+/// the handle are cluster-wide, the per-node ones stay per node.
+#[cfg(feature = "cluster")]
+#[test]
+fn cluster_wide_presence_queries_see_every_node() {
+    let redis = common::redis::Redis::start();
+    for backend in backends() {
+        let node = |id: u16| {
+            let mut s = settings(backend, 1);
+            s.redis = redis.url();
+            s.node_id = id;
+            presence_server(s)
+        };
+        let (a, b) = (node(1), node(2));
+        let connect = |r: &Running, name: &str| {
+            let mut c = Client::connect(addr(r), &format!("/join/{name}"));
+            let id: u64 = c.recv_text().strip_prefix("id:").unwrap().parse().unwrap();
+            (ConnId::from_u64(id), c)
+        };
+        let (ann_id, mut ann) = connect(&a, "ann");
+        assert_eq!(ann.recv_text(), "join:1:1:ann");
+        let (bob_id, mut bob) = connect(&b, "bob");
+        // Redis numbers the room's events and counts members on every node.
+        assert_eq!(bob.recv_text(), "join:2:2:bob");
+        assert_eq!(ann.recv_text(), "join:2:2:bob");
+        for h in [a.handle(), b.handle()] {
+            let mut m = h.cluster_members("presence-room").unwrap();
+            m.sort();
+            let want = vec![
+                (ann_id, bytes::Bytes::from_static(b"ann")),
+                (bob_id, bytes::Bytes::from_static(b"bob")),
+            ];
+            assert_eq!(m, want);
+            assert_eq!(h.cluster_count("presence-room").unwrap(), 2);
+            assert_eq!(
+                h.cluster_channels("presence-").unwrap(),
+                vec![("presence-room".to_string(), 2)]
+            );
+            assert!(h.cluster_channels("chat:").unwrap().is_empty());
+            // This node's own view: one member each.
+            assert_eq!(h.members("presence-room").len(), 1);
+        }
+        bob.text("leave");
+        assert_eq!(ann.recv_text(), "leave:3:1:bob");
+        let h = a.handle();
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while h.cluster_count("presence-room").unwrap() != 1 {
+            assert!(std::time::Instant::now() < deadline, "leave not counted");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(h.cluster_members("presence-room").unwrap().len(), 1);
+        drop((ann, bob));
+        for r in [a, b] {
+            r.handle().stop(Duration::from_secs(5));
+            r.join().unwrap();
+        }
     }
 }

@@ -303,6 +303,41 @@ impl ServerHandle {
         self.shared.directory.members(channel)
     }
 
+    /// The presence members of `channel` on every node: in cluster mode
+    /// asked of Redis (waiting up to 2 s; an error if it does not answer),
+    /// else as [`members`](Self::members). Blocks: call it from your own
+    /// threads, never from a handler.
+    pub fn cluster_members(&self, channel: &str) -> io::Result<Vec<(ConnId, Bytes)>> {
+        match &self.shared.cluster {
+            Some(link) => link.members(channel),
+            None => Ok(self.members(channel)),
+        }
+    }
+
+    /// Channels with presence members on any node whose name starts with
+    /// `prefix`, with their member counts, sorted by name (cluster mode:
+    /// from Redis, like [`cluster_members`](Self::cluster_members)). Plain
+    /// subscriptions are counted per node only: see [`channels`](Self::channels).
+    pub fn cluster_channels(&self, prefix: &str) -> io::Result<Vec<(String, usize)>> {
+        match &self.shared.cluster {
+            Some(link) => link.channels(prefix),
+            None => Ok(self
+                .channels(prefix)
+                .into_iter()
+                .filter(|(_, i)| i.members > 0)
+                .map(|(n, i)| (n, i.members))
+                .collect()),
+        }
+    }
+
+    /// The presence member count of `channel` on every node.
+    pub fn cluster_count(&self, channel: &str) -> io::Result<usize> {
+        match &self.shared.cluster {
+            Some(link) => link.count(channel),
+            None => Ok(self.channel(channel).map_or(0, |i| i.members)),
+        }
+    }
+
     /// Open WebSockets in the whole process.
     pub fn connection_count(&self) -> usize {
         self.shared.gauges.total()
