@@ -19,7 +19,7 @@
 //! joined, starting with its own join event on a presence channel.
 //!
 //! A presence member joins with an opaque payload (a user id and info, a
-//! chat name): its join and leave become events, and queries list it.
+//! display name): its join and leave become events, and queries list it.
 //!
 //! The pieces: `subscriber` (a connection's side: memberships, activation,
 //! local fan-out), `owner` (ordering, counting, rendering), `cluster` (the
@@ -355,7 +355,7 @@ mod tests {
     #[test]
     fn owner_is_stable_and_in_range() {
         for shards in 1..8 {
-            for t in ["a", "lobby", "chat:lobby", ""] {
+            for t in ["a", "lobby", "room:lobby", ""] {
                 let o = owner(t, shards);
                 assert!(o < shards);
                 assert_eq!(o, owner(t, shards));
