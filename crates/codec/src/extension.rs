@@ -684,6 +684,21 @@ mod tests {
 
     // --- choosing and answering (§7.1.1, §7.1.2) ---
 
+    /// Each `(line, bits)` is accepted and answered as
+    /// `permessage-deflate; {param}={bits}`, with `bits` in force.
+    fn assert_window(cfg: &DeflateConfig, param: &str, cases: &[(&str, u8)]) {
+        for &(line, bits) in cases {
+            let n = cfg.negotiate(&parse(&[line])).expect(line);
+            let p = n.params;
+            let in_force = match param {
+                "server_max_window_bits" => p.server_max_window_bits,
+                _ => p.client_max_window_bits,
+            };
+            assert_eq!(in_force, bits, "{line}");
+            assert_eq!(n.response, format!("permessage-deflate; {param}={bits}"));
+        }
+    }
+
     #[test]
     fn plain_offer_plain_answer() {
         let n = DeflateConfig::default()
@@ -774,14 +789,7 @@ mod tests {
             ("permessage-deflate; client_max_window_bits=9", 9),
             ("permessage-deflate; client_max_window_bits=\"9\"", 9),
         ];
-        for (line, bits) in cases {
-            let n = cfg.negotiate(&parse(&[line])).expect(line);
-            assert_eq!(n.params.client_max_window_bits, bits, "{line}");
-            assert_eq!(
-                n.response,
-                format!("permessage-deflate; client_max_window_bits={bits}")
-            );
-        }
+        assert_window(&cfg, "client_max_window_bits", &cases);
     }
 
     #[test]
@@ -810,14 +818,7 @@ mod tests {
             // Not offered: the server may still limit its own window.
             ("permessage-deflate", 12),
         ];
-        for (line, bits) in cases {
-            let n = cfg.negotiate(&parse(&[line])).expect(line);
-            assert_eq!(n.params.server_max_window_bits, bits, "{line}");
-            assert_eq!(
-                n.response,
-                format!("permessage-deflate; server_max_window_bits={bits}")
-            );
-        }
+        assert_window(&cfg, "server_max_window_bits", &cases);
     }
 
     #[test]
