@@ -15,6 +15,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
 
+use crate::extension::{parse_extensions, ExtensionError, ExtensionOffer};
+
 /// Default cap on the request head (request line, headers, blank line).
 pub const MAX_HEADER_BYTES_DEFAULT: usize = 8192;
 
@@ -434,6 +436,14 @@ impl Request {
             .collect()
     }
 
+    /// The offers of every `Sec-WebSocket-Extensions` line, parsed
+    /// (RFC 6455 §9.1); hand them to [`DeflateConfig::negotiate`].
+    ///
+    /// [`DeflateConfig::negotiate`]: crate::DeflateConfig::negotiate
+    pub fn extension_offers(&self) -> Result<Vec<ExtensionOffer>, ExtensionError> {
+        parse_extensions(self.headers_named("sec-websocket-extensions"))
+    }
+
     /// True when the request asks for a WebSocket upgrade at all
     /// (`Upgrade` lists `websocket`).
     pub fn wants_upgrade(&self) -> bool {
@@ -490,11 +500,14 @@ pub fn accept_key(client_key: &str) -> String {
     BASE64.encode(h.finalize())
 }
 
+/// True for an RFC 7230 `tchar`, a byte a token may contain.
+pub(crate) fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 /// True for an RFC 7230 token (what a subprotocol name must be).
 fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !s.is_empty() && s.bytes().all(is_tchar)
 }
 
 /// The complete 101 response accepting the upgrade, with the chosen

@@ -9,6 +9,10 @@
 //! - **Handshake** (§4): [`RequestParser`] → [`Request`] →
 //!   [`Request::validate_upgrade`] → [`response_101`] or [`error_response`];
 //!   [`ClientHandshake`] for the client role.
+//! - **Extensions** (§9.1, RFC 7692 §7): [`parse_extensions`] (or
+//!   [`Request::extension_offers`]) → [`ExtensionOffer`]s →
+//!   [`DeflateConfig::negotiate`] → [`DeflateNegotiation`]: the
+//!   permessage-deflate [`DeflateParams`] in force and the response value.
 //! - **Receiving** (§5.4–§5.6): [`Decoder`] turns bytes into [`Message`]s or a
 //!   [`ProtocolError`] carrying the close code.
 //! - **Sending** (§5.2): unmasked server frames as `Bytes`
@@ -25,6 +29,7 @@
 #![warn(missing_docs)]
 
 mod close;
+mod extension;
 mod frame;
 mod handshake;
 mod mask;
@@ -32,6 +37,7 @@ mod message;
 mod utf8;
 
 // Errors, each with the close code or HTTP status to answer with.
+pub use extension::ExtensionError;
 pub use handshake::HandshakeError;
 pub use message::ProtocolError;
 
@@ -42,6 +48,13 @@ pub use handshake::{
 };
 // Opening handshake, client role.
 pub use handshake::ClientHandshake;
+
+// Extensions: parsing offers, negotiating permessage-deflate (no
+// compression yet).
+pub use extension::{
+    parse_extensions, DeflateConfig, DeflateNegotiation, DeflateParams, ExtensionOffer,
+    ExtensionParam, PERMESSAGE_DEFLATE,
+};
 
 // Receiving: the incremental decoder and what it hands out.
 pub use message::{Decoder, DecoderConfig, Message, MAX_MESSAGE_SIZE_DEFAULT};

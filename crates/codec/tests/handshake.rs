@@ -2,8 +2,8 @@
 //! status codes, incremental parsing, limits, responses and the client role.
 
 use ringcast_codec::{
-    accept_key, error_response, http_response, response_101, ClientHandshake, HandshakeError,
-    Request, RequestParser, MAX_HEADER_BYTES_DEFAULT,
+    accept_key, error_response, http_response, response_101, ClientHandshake, DeflateConfig,
+    HandshakeError, Request, RequestParser, MAX_HEADER_BYTES_DEFAULT,
 };
 
 const RFC_REQUEST: &str = "GET /chat HTTP/1.1\r\n\
@@ -284,6 +284,31 @@ fn path_query_and_offers() {
             "x-ext; a=\"1,2\""
         ]
     );
+}
+
+#[test]
+fn extension_offers_over_all_lines_then_negotiate() {
+    let head = with_header("Sec-WebSocket-Extensions", "x-ext; a=\"1\"").replacen(
+        "Origin",
+        "sec-websocket-extensions: permessage-deflate; server_max_window_bits=8, \
+         permessage-deflate; client_max_window_bits\r\nOrigin",
+        1,
+    );
+    let r = parse(&head).unwrap();
+    let offers = r.extension_offers().unwrap();
+    let names: Vec<_> = offers.iter().map(|o| o.name.as_str()).collect();
+    // `with_header` adds its line last, after the one put before Origin.
+    assert_eq!(names, ["permessage-deflate", "permessage-deflate", "x-ext"]);
+    let n = DeflateConfig::default().negotiate(&offers).unwrap();
+    assert_eq!(n.offer, 1);
+    assert_eq!(n.response, "permessage-deflate; client_max_window_bits=15");
+
+    let bad = with_header("Sec-WebSocket-Extensions", "permessage-deflate; a=\"");
+    let e = parse(&bad).unwrap().extension_offers().unwrap_err();
+    assert_eq!(e.reason, "unterminated quoted string");
+    // The upgrade itself stays valid: what to do with the error is the
+    // server's choice.
+    assert!(parse(&bad).unwrap().validate_upgrade().is_ok());
 }
 
 fn split_response(resp: &[u8]) -> (String, String) {

@@ -1,6 +1,7 @@
 //! Property tests: client→server round trips under arbitrary chunking, every
 //! unmask variant against the byte-at-a-time reference, the streaming UTF-8
-//! validator against `std`, and the request parser under arbitrary splits.
+//! validator against `std`, the request parser under arbitrary splits, and
+//! the extension parser and permessage-deflate negotiation on any input.
 
 mod common;
 
@@ -8,8 +9,8 @@ use common::*;
 use proptest::prelude::*;
 use ringcast_codec::internals::{unmask, variants, Utf8Stream};
 use ringcast_codec::{
-    encode_client_frame, BufferPool, Decoder, DecoderConfig, Lend, MaskGen, NoLend, OpCode,
-    ProtocolError, RequestParser,
+    encode_client_frame, parse_extensions, BufferPool, Decoder, DecoderConfig, DeflateConfig, Lend,
+    MaskGen, NoLend, OpCode, ProtocolError, RequestParser,
 };
 
 /// Deterministic filler so large buffers are cheap to generate.
@@ -294,5 +295,79 @@ proptest! {
         prop_assert_eq!(r.origin(), Some("http://o"));
         prop_assert!(r.validate_upgrade().is_ok());
         prop_assert_eq!(p.take_remaining(), tail);
+    }
+
+    #[test]
+    fn extension_header_bytes_never_panic(
+        lines in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..64), 0..4),
+    ) {
+        if let Ok(offers) = parse_extensions(&lines) {
+            let _ = DeflateConfig::default().negotiate(&offers);
+        }
+    }
+
+    #[test]
+    fn deflate_offers_negotiate_within_rfc_7692(
+        params in prop::collection::vec((0usize..6, 0u8..20, any::<bool>()), 0..6),
+        cfg in (any::<bool>(), any::<bool>(), 0u8..20, 0u8..20),
+    ) {
+        // Offers built from the real parameter names, with and without
+        // values, quoted or not, in range or not: close to what is valid.
+        const NAMES: [&str; 6] = [
+            "server_no_context_takeover", "client_no_context_takeover",
+            "server_max_window_bits", "client_max_window_bits", "x", "Server_max_window_bits",
+        ];
+        let mut line = String::from("permessage-deflate");
+        for &(name, bits, quoted) in &params {
+            line.push_str("; ");
+            line.push_str(NAMES[name]);
+            match (bits, quoted) {
+                (0..=4, _) => {}
+                (b, false) => line.push_str(&format!("={b}")),
+                (b, true) => line.push_str(&format!("=\"{b}\"")),
+            }
+        }
+        let cfg = DeflateConfig {
+            server_no_context_takeover: cfg.0,
+            client_no_context_takeover: cfg.1,
+            server_max_window_bits: cfg.2,
+            client_max_window_bits: cfg.3,
+        };
+        let offers = parse_extensions([&line]).unwrap();
+        let offered = |n: &str| offers[0].params.iter().find(|p| p.name == n);
+        let Some(neg) = cfg.negotiate(&offers) else { return Ok(()) };
+        let p = neg.params;
+        prop_assert!((9..=15).contains(&p.server_max_window_bits));
+        prop_assert!((8..=15).contains(&p.client_max_window_bits));
+        if let Some(v) = offered("server_max_window_bits").and_then(|p| p.value.as_deref()) {
+            prop_assert!(p.server_max_window_bits <= v.parse::<u8>().unwrap());
+        }
+        if let Some(v) = offered("client_max_window_bits").and_then(|p| p.value.as_deref()) {
+            prop_assert!(p.client_max_window_bits <= v.parse::<u8>().unwrap());
+        }
+        prop_assert!(p.server_no_context_takeover || offered("server_no_context_takeover").is_none());
+        // The response is one offer naming only what it may (§7.1).
+        let back = parse_extensions([&neg.response]).unwrap();
+        prop_assert_eq!(back.len(), 1);
+        prop_assert_eq!(back[0].name.as_str(), "permessage-deflate");
+        let answered = |n: &str| back[0].params.iter().find(|p| p.name == n);
+        prop_assert_eq!(
+            answered("client_max_window_bits").is_some(),
+            offered("client_max_window_bits").is_some()
+        );
+        prop_assert!(answered("client_max_window_bits").is_none_or(|a| a.value.is_some()));
+        prop_assert_eq!(
+            answered("server_no_context_takeover").is_some(),
+            p.server_no_context_takeover
+        );
+        prop_assert_eq!(
+            answered("client_no_context_takeover").is_some(),
+            p.client_no_context_takeover
+        );
+        if offered("server_max_window_bits").is_some() {
+            prop_assert!(answered("server_max_window_bits").is_some());
+        }
+        // Accepting an offer a second time gives the same answer.
+        prop_assert_eq!(cfg.negotiate(&offers), Some(neg));
     }
 }
