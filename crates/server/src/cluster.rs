@@ -15,7 +15,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use ringcast_reactor::Handle;
@@ -261,22 +261,13 @@ impl Router {
     }
 
     /// Hands `m` to `shard`, waiting a little while its mailbox is full.
-    fn mail(&self, shard: usize, mut m: Mail) {
-        let deadline = Instant::now() + MAIL_WAIT;
-        loop {
-            match self.reactor.mail(shard, m) {
-                Ok(()) => return,
-                Err(back) => {
-                    if self.stopped.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    if Instant::now() >= deadline {
-                        break;
-                    }
-                    m = back;
-                    std::thread::sleep(Duration::from_micros(100));
-                }
-            }
+    fn mail(&self, shard: usize, m: Mail) {
+        let stopped = || self.stopped.load(Ordering::Relaxed);
+        let pause = Duration::from_micros(100);
+        if crate::shard::mail_waiting(&self.reactor, shard, m, MAIL_WAIT, pause, stopped)
+            || stopped()
+        {
+            return;
         }
         BackplaneStats::inc(&self.stats.errors_total);
         let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;

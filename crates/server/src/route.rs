@@ -57,6 +57,7 @@ impl Router {
 
 /// Why a push was not handed on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PushError {
     /// No such connection (or no way to reach its node).
     Gone,

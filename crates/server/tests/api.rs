@@ -258,6 +258,7 @@ fn presence_server(settings: Settings) -> Running {
                 EventKind::Leave { payload, .. } => ("leave", payload),
                 EventKind::Message { payload, .. } => ("msg", payload),
                 EventKind::Members => ("members", &b""[..]),
+                _ => ("other", &b""[..]),
             };
             let p = String::from_utf8_lossy(payload);
             Some(Frame::text(&format!(
@@ -266,8 +267,12 @@ fn presence_server(settings: Settings) -> Running {
             )))
         })
         .on_open(|ctx, conn, req| {
-            let name = req.path().strip_prefix("/join/").unwrap_or("?").to_string();
             ctx.push(conn, format!("id:{}", conn.as_u64()));
+            if req.path() == "/plain" {
+                assert!(ctx.subscribe(conn, ROOM));
+                return;
+            }
+            let name = req.path().strip_prefix("/join/").unwrap_or("?").to_string();
             assert!(ctx.join(conn, ROOM, name.clone().into_bytes()));
             assert!(!ctx.join(conn, ROOM, name.into_bytes()), "joined twice");
         })
@@ -422,6 +427,33 @@ fn cluster_wide_presence_queries_see_every_node() {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert_eq!(h.cluster_members("presence-room").unwrap().len(), 1);
+
+        // A plain subscriber and a presence member on one node: whoever
+        // leaves last, the node lets go of the channel in Redis.
+        let mut plain = Client::connect(addr(&a), "/plain");
+        plain.recv_text(); // its id
+        ann.text("say:x");
+        assert_eq!(ann.recv_text(), "msg:4:1:x");
+        assert_eq!(plain.recv_text(), "msg:4:1:x");
+        let subscribers =
+            || match redis.cmd(&[b"PUBSUB", b"NUMSUB", b"ringcast:topic:presence-room"]) {
+                common::redis::Resp::Array(v) => match v.get(1) {
+                    Some(common::redis::Resp::Int(n)) => *n,
+                    other => panic!("{other:?}"),
+                },
+                other => panic!("{other:?}"),
+            };
+        assert_eq!(subscribers(), 1, "node A subscribed");
+        drop(plain);
+        ann.text("leave");
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while subscribers() != 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node still subscribed"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         drop((ann, bob));
         for r in [a, b] {
             r.handle().stop(Duration::from_secs(5));

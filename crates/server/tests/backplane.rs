@@ -526,7 +526,7 @@ fn recovers_from_a_redis_restart() {
     let errors = counter(&a, "ringcast_backplane_errors_total");
     a.publish_room("room", b("while down"), Some(9)).unwrap();
     ea.wait_for("failed publish", |e| {
-        has(e, |x| matches!(x, Inbound::Failed { op: FailedOp::Publish, kind: FailKind::Down, origin: Some(9),
+        has(e, |x| matches!(x, Inbound::Failed { op: FailedOp::Publish { .. }, kind: FailKind::Down, origin: Some(9),
             topic: Some(t), payload, .. }
             if t == "room" && payload == "while down"))
     });

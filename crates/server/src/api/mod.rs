@@ -352,23 +352,16 @@ impl ServerHandle {
 
     /// Outside the shards there is no outbox: wait for room rather than lose
     /// the message, but not forever (a stopped shard never makes room).
-    fn mail(&self, shard: usize, mut m: Mail) -> bool {
-        let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        loop {
-            match self.reactor.mail(shard, m) {
-                Ok(()) => return true,
-                Err(back) => {
-                    if std::time::Instant::now() >= deadline {
-                        tracing::warn!(
-                            shard,
-                            "shard did not take the message (stopped or overloaded); dropped"
-                        );
-                        return false;
-                    }
-                    m = back;
-                    std::thread::sleep(Duration::from_micros(200));
-                }
-            }
+    fn mail(&self, shard: usize, m: Mail) -> bool {
+        let wait = Duration::from_secs(2);
+        let pause = Duration::from_micros(200);
+        let taken = crate::shard::mail_waiting(&self.reactor, shard, m, wait, pause, || false);
+        if !taken {
+            tracing::warn!(
+                shard,
+                "shard did not take the message (stopped or overloaded); dropped"
+            );
         }
+        taken
     }
 }

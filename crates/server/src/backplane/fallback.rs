@@ -15,8 +15,8 @@ impl Effect {
                 topic,
                 origin,
                 payload,
-                ..
-            } => (FailedOp::Publish, origin, Some(topic), payload),
+                room,
+            } => (FailedOp::Publish { room }, origin, Some(topic), payload),
             Effect::Push {
                 node,
                 conn,
@@ -147,7 +147,12 @@ mod tests {
         assert_eq!(f.event, Some(failed(op, FailKind::Down, None, "down")));
         let f = fallback_event(publish(true), 3, FailKind::Refused, "no", |_| true);
         assert!(f.error);
-        let want = failed(FailedOp::Publish, FailKind::Refused, Some("t"), "no");
+        let want = failed(
+            FailedOp::Publish { room: true },
+            FailKind::Refused,
+            Some("t"),
+            "no",
+        );
         assert_eq!(f.event, Some(want));
     }
 

@@ -109,8 +109,9 @@ pub enum Inbound {
 /// What a [`Inbound::Failed`] event is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailedOp {
-    /// [`Backplane::publish`] or [`Backplane::publish_room`].
-    Publish,
+    /// [`Backplane::publish`] (`room: false`: the payload is whatever the
+    /// server published) or [`Backplane::publish_room`] (`room: true`).
+    Publish { room: bool },
     /// [`Backplane::push`] to connection `conn` on node `node`.
     Push { node: u16, conn: u64 },
 }

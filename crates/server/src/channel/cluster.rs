@@ -74,11 +74,14 @@ impl Channels {
         port: &mut dyn Port,
         topic: Topic,
         from: usize,
-        activate: ChannelMail,
+        conn: ConnId,
+        gen: u32,
         presence: Option<Bytes>,
     ) {
-        let ChannelMail::Activate { conn, gen, .. } = activate else {
-            return;
+        let activate = ChannelMail::Activate {
+            topic: topic.clone(),
+            conn,
+            gen,
         };
         let Some(bp) = port.backplane() else { return };
         let Some(payload) = presence else {
@@ -128,6 +131,8 @@ impl Channels {
     /// Redis; so does its leave, whose event (with the cluster-wide count)
     /// comes back to the others. A local-only member's leave is sequenced
     /// here (returns false: not handled); so is everything on a single node.
+    /// The channel's Redis subscription (taken with its first plain
+    /// subscriber) goes with the channel, whoever leaves last.
     pub(super) fn cluster_unsubscribe(
         &mut self,
         port: &mut dyn Port,
@@ -140,10 +145,12 @@ impl Channels {
         let Some(bp) = port.backplane() else {
             return false;
         };
+        if empty && left.subscribed {
+            bp.unsubscribe(topic);
+        }
         match presence {
             Some(payload) if !left.local_only => bp.leave(topic, conn.as_u64(), payload.clone()),
             Some(_) => return false,
-            None if empty && left.subscribed => bp.unsubscribe(topic),
             None => {}
         }
         true
@@ -241,7 +248,7 @@ impl Channels {
                 }
             }
             Inbound::Failed {
-                op: FailedOp::Publish,
+                op: FailedOp::Publish { room },
                 kind,
                 origin,
                 topic: Some(topic),
@@ -252,10 +259,10 @@ impl Channels {
                 // Redis is down: local delivery goes on, in the order the
                 // backplane handed events back (joins/leaves the same way).
                 if kind == FailKind::Down {
-                    let event = match origin {
-                        // Only app messages carry their sender.
-                        Some(_) => Some(Event::Message { origin, payload }),
-                        None => Frame::from_wire(payload).map(Event::Frame),
+                    let event = if room {
+                        Some(Event::Message { origin, payload })
+                    } else {
+                        Frame::from_wire(payload).map(Event::Frame)
                     };
                     if let (Some(event), Some(key)) = (event, self.owned_key(&topic)) {
                         self.sequence(port, &key, event);
@@ -310,7 +317,7 @@ impl Channels {
         }
         let mut late = Vec::new();
         for (topic, room) in &mut self.owned {
-            let (seq, count) = (room.seq, room.cluster_members.max(room.presence));
+            let (seq, count) = (room.seq, room.member_count());
             room.pending.retain_mut(|p| {
                 if now.saturating_duration_since(p.since) < JOIN_TIMEOUT {
                     return true;

@@ -71,12 +71,17 @@ impl Directory {
         map.get(channel).map(|e| e.info)
     }
 
-    /// The presence members of a channel: (connection, payload it joined with).
+    /// The presence members of a channel: (connection, payload it joined
+    /// with), sorted by connection id.
     pub fn members(&self, channel: &str) -> Vec<(ConnId, Bytes)> {
-        let map = self.map(owner(channel, self.shards.len()));
-        map.get(channel).map_or_else(Vec::new, |e| {
-            e.members.iter().map(|(c, p)| (*c, p.clone())).collect()
-        })
+        let mut out = {
+            let map = self.map(owner(channel, self.shards.len()));
+            map.get(channel).map_or_else(Vec::new, |e| {
+                e.members.iter().map(|(c, p)| (*c, p.clone())).collect()
+            })
+        };
+        out.sort_unstable_by_key(|(c, _)| *c);
+        out
     }
 
     /// Occupied channels whose name starts with `prefix`, sorted by name.
@@ -117,9 +122,11 @@ mod tests {
         d.record(o, &t, info(2, 2), Some(Presence::Joined(b, &ann)));
         d.record(o, &"plain".into(), info(1, 0), None);
         assert_eq!(d.info("presence-a"), Some(info(2, 2)));
-        let mut m = d.members("presence-a");
-        m.sort();
-        assert_eq!(m, vec![(a, ann.clone()), (b, ann.clone())]);
+        // Sorted by connection id, whatever the map's order.
+        assert_eq!(
+            d.members("presence-a"),
+            vec![(a, ann.clone()), (b, ann.clone())]
+        );
         assert_eq!(d.channels("presence-").len(), 1);
         assert_eq!(
             d.channels("")

@@ -85,6 +85,7 @@ pub struct ChannelEvent<'a> {
 
 /// What a [`ChannelEvent`] is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum EventKind<'a> {
     /// `conn` joined with `payload` (see [`Ctx::join`](crate::Ctx::join)).
     /// Its own join is the first event it receives from the channel.
@@ -340,7 +341,7 @@ pub(crate) fn remote_topic(ev: &Inbound) -> Option<&str> {
         Inbound::Message { topic, .. } => Some(topic),
         Inbound::Member { room, .. } | Inbound::Count { room, .. } => Some(room),
         Inbound::Failed {
-            op: FailedOp::Publish,
+            op: FailedOp::Publish { .. },
             topic: Some(topic),
             ..
         } => Some(topic),

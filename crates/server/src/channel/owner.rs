@@ -55,6 +55,16 @@ impl Owned {
         }
     }
 
+    /// Presence members as far as this owner knows: in cluster mode the
+    /// last cluster-wide count Redis gave (an event without a count, an app
+    /// message, shows that one too).
+    pub fn member_count(&self) -> usize {
+        #[cfg(feature = "cluster")]
+        return self.cluster_members.max(self.presence);
+        #[cfg(not(feature = "cluster"))]
+        self.presence
+    }
+
     fn info(&self) -> ChannelInfo {
         ChannelInfo {
             subscriptions: self.members,
@@ -92,17 +102,17 @@ impl Channels {
         port.set_presence_channels(self.presence_channels);
         let change = presence.as_ref().map(|p| Presence::Joined(conn, p));
         self.record(port, &topic, change);
+        #[cfg(feature = "cluster")]
+        if port.backplane().is_some() {
+            return self.cluster_subscribe(port, topic, from, conn, gen, presence);
+        }
+        // Activate first: the member must see the events sequenced from
+        // here on, its own join included.
         let activate = ChannelMail::Activate {
             topic: topic.clone(),
             conn,
             gen,
         };
-        #[cfg(feature = "cluster")]
-        if port.backplane().is_some() {
-            return self.cluster_subscribe(port, topic, from, activate, presence);
-        }
-        // Activate first: the member must see the events sequenced from
-        // here on, its own join included.
         self.send_to_shard(port, from, activate);
         if let Some(payload) = presence {
             self.sequence(port, &topic, Event::Join { conn, payload });
@@ -188,7 +198,9 @@ impl Channels {
         let Some(room) = self.owned.get_mut(topic) else {
             return; // no subscribers here
         };
-        room.seq = seq.unwrap_or(room.seq + 1);
+        // Redis's numbers are taken as they come (a forged one cannot
+        // overflow ours).
+        room.seq = seq.unwrap_or(room.seq.saturating_add(1));
         #[cfg(feature = "cluster")]
         if let Some(n) = members {
             room.cluster_members = n;
@@ -200,7 +212,7 @@ impl Channels {
                 let ev = ChannelEvent {
                     channel: topic,
                     seq: room.seq,
-                    members: members.unwrap_or(room.presence),
+                    members: members.unwrap_or_else(|| room.member_count()),
                     kind,
                 };
                 match port.render(&ev) {

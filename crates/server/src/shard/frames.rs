@@ -60,8 +60,14 @@ impl<D: Default + 'static> ShardState<D> {
         };
         let user = match c.ws.on_frame(msg, frame) {
             Incoming::Data(m) => m,
-            Incoming::Reply(b) => {
-                io.send(c.conn, b);
+            Incoming::Reply(pong) => {
+                // A client that pings without reading must not grow its
+                // queue without bound: past max-backpressure its pings go
+                // unanswered (RFC 6455 5.5.3 lets a pong answer only the
+                // latest ping; the pongs already queued do).
+                if io.queued(c.conn) <= self.shared.settings.max_backpressure {
+                    io.send(c.conn, pong);
+                }
                 return ControlFlow::Continue(());
             }
             Incoming::Ignore => return ControlFlow::Continue(()),

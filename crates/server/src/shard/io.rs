@@ -93,6 +93,31 @@ impl Io for ringcast_reactor::Ctx<'_, Mail> {
     }
 }
 
+/// From a thread that is no shard (a user's, the backplane's): hands `m`
+/// to `shard`, waiting while its mailbox is full, for at most `wait` or
+/// until `give_up()`. There is no outbox there, so waiting a little is the
+/// alternative to losing the message; false: it was not taken.
+pub(crate) fn mail_waiting(
+    reactor: &ringcast_reactor::Handle<Mail>,
+    shard: usize,
+    mut m: Mail,
+    wait: Duration,
+    pause: Duration,
+    give_up: impl Fn() -> bool,
+) -> bool {
+    let deadline = Instant::now() + wait;
+    loop {
+        match reactor.mail(shard, m) {
+            Ok(()) => return true,
+            Err(back) if !give_up() && Instant::now() < deadline => {
+                m = back;
+                std::thread::sleep(pause);
+            }
+            Err(_) => return false,
+        }
+    }
+}
+
 /// Mail the reactor could not take (its outbox was full), per target, so
 /// FIFO order per target holds even then.
 pub(crate) struct Outbox {

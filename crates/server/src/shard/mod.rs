@@ -33,7 +33,7 @@ use bytes::Bytes;
 use ringcast_codec::{codes, error_response, server_frame, OpCode};
 use ringcast_reactor::{CloseReason, Conn, Input, TimerId};
 
-pub(crate) use io::{Io, Mail};
+pub(crate) use io::{mail_waiting, Io, Mail};
 
 use crate::api::{Frame, Handlers, RenderFn};
 #[cfg(feature = "cluster")]
@@ -225,24 +225,31 @@ impl<D: Default + 'static> ShardState<D> {
         f(&mut self.channels, &mut port)
     }
 
-    /// Hands queued notices to the app's `on_notice`.
+    /// Hands queued notices to the app's `on_notice`, after the callback
+    /// that raised them (handlers never run inside the engine). A notice
+    /// raised by `on_notice` itself is handed on in the same pass, up to a
+    /// bound that stops two apps' handlers from feeding each other forever.
     fn run_notices(&mut self, app: &Handlers<D>, io: &mut dyn Io) {
-        if self.notices.is_empty() {
-            return;
-        }
-        let notices = std::mem::take(&mut self.notices);
-        for (conn, text) in notices {
-            let Some(f) = &app.notice else { continue };
-            let Some(slot) = self.table.open(conn).map(|c| c.conn.index() as u32) else {
-                continue;
-            };
-            if self
-                .call(io, Some((conn, slot)), |ctx| f(ctx, conn, &text))
-                .is_err()
-            {
-                self.handler_panicked(io, slot, "on_notice");
+        const ROUNDS: usize = 4;
+        for _ in 0..ROUNDS {
+            if self.notices.is_empty() {
+                return;
+            }
+            let notices = std::mem::take(&mut self.notices);
+            for (conn, text) in notices {
+                let Some(f) = &app.notice else { continue };
+                let Some(slot) = self.table.open(conn).map(|c| c.conn.index() as u32) else {
+                    continue;
+                };
+                if self
+                    .call(io, Some((conn, slot)), |ctx| f(ctx, conn, &text))
+                    .is_err()
+                {
+                    self.handler_panicked(io, slot, "on_notice");
+                }
             }
         }
+        // Still more: they wait for this shard's next event.
     }
 
     // ------------------------------------------------------------- timers
@@ -394,13 +401,8 @@ impl<D> Port for ShardPort<'_, D> {
     fn push(&mut self, conn: ConnId, frame: Frame) {
         match self.router.route(conn) {
             Dest::Here => {
-                if let Some(slot) = self.table.slot_of(conn) {
-                    let len = frame.payload_len();
-                    let d = self
-                        .table
-                        .deliver_one(self.io, slot, frame, &self.shared.settings);
-                    count_delivery(self.metrics, d, len);
-                }
+                let s = &self.shared.settings;
+                send::push_here(self.table, self.io, s, self.metrics, conn, frame);
             }
             Dest::Shard(s) => self.outbox.mail(self.io, s, Mail::Push { to: conn, frame }),
             Dest::Node(_) | Dest::Gone => {}

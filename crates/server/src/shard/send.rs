@@ -8,12 +8,33 @@ use bytes::Bytes;
 use ringcast_codec::{codes, is_valid_wire_code};
 
 use super::io::{Io, Mail};
+use super::table::Table;
 use super::ws::kind_of_code;
 use super::{count_delivery, count_sent, ShardState};
 use crate::api::Frame;
 use crate::channel::Event;
+use crate::config::Settings;
 use crate::id::ConnId;
+use crate::metrics::ShardMetrics;
 use crate::route::{Dest, PushError};
+
+/// Queues `frame` for `to`, a connection of this shard, and counts it; false
+/// if it is gone (or was not sent).
+pub(super) fn push_here<D>(
+    table: &mut Table<D>,
+    io: &mut dyn Io,
+    s: &Settings,
+    m: &ShardMetrics,
+    to: ConnId,
+    frame: Frame,
+) -> bool {
+    let Some(slot) = table.slot_of(to) else {
+        return false;
+    };
+    let payload_len = frame.payload_len();
+    let d = table.deliver_one(io, slot, frame, s);
+    count_delivery(m, d, payload_len)
+}
 
 impl<D: Default + 'static> ShardState<D> {
     /// Sends `frame` to `to` on any shard of any node (other nodes through
@@ -41,14 +62,14 @@ impl<D: Default + 'static> ShardState<D> {
     }
 
     pub(super) fn push_local(&mut self, io: &mut dyn Io, to: ConnId, frame: Frame) -> bool {
-        let Some(slot) = self.table.slot_of(to) else {
-            return false;
-        };
-        let payload_len = frame.payload_len();
-        let d = self
-            .table
-            .deliver_one(io, slot, frame, &self.shared.settings);
-        count_delivery(&self.metrics, d, payload_len)
+        push_here(
+            &mut self.table,
+            io,
+            &self.shared.settings,
+            &self.metrics,
+            to,
+            frame,
+        )
     }
 
     pub(crate) fn broadcast(&mut self, io: &mut dyn Io, frame: Frame) {
