@@ -41,6 +41,8 @@ pub(crate) struct Core<M> {
     /// Targets pushed to since the last `flush_outboxes` (to notify once).
     touched: Vec<bool>,
     pub draining: bool,
+    /// The listeners were told to stop (once: see `settle`).
+    pub accept_stopped: bool,
     pub drain_deadline: Option<Instant>,
     pub stats: ShardStats,
 }
@@ -65,6 +67,7 @@ impl<M: Send + 'static> Core<M> {
             outbox_len: 0,
             touched: vec![false; n],
             draining: false,
+            accept_stopped: false,
             drain_deadline: None,
             stats: ShardStats::default(),
         }

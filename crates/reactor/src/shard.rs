@@ -229,7 +229,7 @@ impl<H: Handler> Shard<H> {
     fn begin_drain<D: Driver>(&mut self, drv: &mut D) {
         self.core.draining = true;
         self.core.drain_deadline = Some(self.core.now + self.core.shared.drain());
-        drv.stop_accepting();
+        stop_accepting(self, drv);
         let (h, mut ctx) = self.ctx();
         h.on_shutdown(&mut ctx);
         settle(self, drv);
@@ -245,8 +245,24 @@ impl<H: Handler> Shard<H> {
     }
 }
 
+/// Closes the listeners, once.
+fn stop_accepting<H: Handler, D: Driver>(sh: &mut Shard<H>, drv: &mut D) {
+    if !sh.core.accept_stopped {
+        sh.core.accept_stopped = true;
+        drv.stop_accepting();
+    }
+}
+
 /// Carry out recorded intents until none are left.
 pub(crate) fn settle<H: Handler, D: Driver>(sh: &mut Shard<H>, drv: &mut D) {
+    // A handler that saw the stop request in this pass (`Ctx::is_draining`,
+    // e.g. a health check answering "draining") may have queued an answer:
+    // the listeners close before it goes out, so a client told "draining"
+    // is not accepted here any more. The drain itself begins at the end of
+    // the pass.
+    if sh.core.shared.stop_requested() {
+        stop_accepting(sh, drv);
+    }
     let mut list = Vec::new();
     loop {
         let mut did = false;
