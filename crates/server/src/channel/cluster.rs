@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::owner::Owned;
-use super::{ChannelEvent, ChannelMail, Channels, Event, EventKind, Port, Topic};
+use super::{ChannelEvent, Channels, Event, EventKind, Port, Topic};
 use crate::api::Frame;
 use crate::backplane::{FailKind, FailedOp, Inbound};
 use crate::id::ConnId;
@@ -78,11 +78,6 @@ impl Channels {
         gen: u32,
         presence: Option<Bytes>,
     ) {
-        let activate = ChannelMail::Activate {
-            topic: topic.clone(),
-            conn,
-            gen,
-        };
         let Some(bp) = port.backplane() else { return };
         let Some(payload) = presence else {
             let room = self.owned.get_mut(&topic).expect("subscribed above");
@@ -94,7 +89,7 @@ impl Channels {
                     Err(e) => tracing::warn!(topic = &*topic, "cannot subscribe in Redis: {e}"),
                 }
             }
-            return self.send_to_shard(port, from, activate);
+            return self.let_in(port, &topic, from, conn, gen);
         };
         match bp.join(&topic, conn.as_u64(), payload.clone()) {
             Ok(()) => {
@@ -118,7 +113,7 @@ impl Channels {
                 );
                 let room = self.owned.get_mut(&topic).expect("subscribed above");
                 room.local_only.push(conn);
-                self.send_to_shard(port, from, activate);
+                self.let_in(port, &topic, from, conn, gen);
                 self.sequence(port, &topic, Event::Join { conn, payload });
                 let why =
                     format!("joined on this node only: the cluster backplane is unavailable ({e})");
@@ -300,12 +295,7 @@ impl Channels {
         let p = room.pending.remove(i);
         self.pending -= 1;
         if !p.left {
-            let m = ChannelMail::Activate {
-                topic: topic.clone(),
-                conn,
-                gen: p.gen,
-            };
-            self.send_to_shard(port, p.from, m);
+            self.let_in(port, topic, p.from, conn, p.gen);
         }
     }
 
@@ -341,12 +331,7 @@ impl Channels {
                     payload: &payload,
                 },
             });
-            let activate = ChannelMail::Activate {
-                topic: topic.clone(),
-                conn,
-                gen,
-            };
-            self.send_to_shard(port, from, activate);
+            self.let_in(port, &topic, from, conn, gen);
             // To the joiner only (after its Activate, same FIFO path): the
             // others never saw this join.
             if let Some(frame) = join {

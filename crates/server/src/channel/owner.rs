@@ -108,12 +108,7 @@ impl Channels {
         }
         // Activate first: the member must see the events sequenced from
         // here on, its own join included.
-        let activate = ChannelMail::Activate {
-            topic: topic.clone(),
-            conn,
-            gen,
-        };
-        self.send_to_shard(port, from, activate);
+        self.let_in(port, &topic, from, conn, gen);
         if let Some(payload) = presence {
             self.sequence(port, &topic, Event::Join { conn, payload });
         }
@@ -242,6 +237,24 @@ impl Channels {
             }
         }
         self.targets = targets;
+    }
+
+    /// Lets subscription `gen` of `conn` (on shard `from`) in: from now on
+    /// its shard delivers this channel's events to it.
+    pub(super) fn let_in(
+        &mut self,
+        port: &mut dyn Port,
+        topic: &Topic,
+        from: usize,
+        conn: ConnId,
+        gen: u32,
+    ) {
+        let m = ChannelMail::Activate {
+            topic: topic.clone(),
+            conn,
+            gen,
+        };
+        self.send_to_shard(port, from, m);
     }
 
     /// Publishes `topic`'s counts (and a member change) for queries.
