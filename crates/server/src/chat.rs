@@ -229,18 +229,25 @@ pub(crate) fn render(room: &str, event: &RoomEvent<'_>, seq: u64, members: usize
 pub(crate) fn render_event(ev: &ChannelEvent<'_>) -> Option<Frame> {
     let room = ev.channel.strip_prefix(ROOM_PREFIX)?;
     let event = match ev.kind {
-        EventKind::Join { conn, payload } => RoomEvent::Join {
-            name: wire::parse_name(payload)?,
-            id: conn,
-        },
-        EventKind::Leave { payload, .. } => RoomEvent::Leave {
-            name: wire::parse_name(payload)?,
-        },
-        EventKind::Message { payload, .. } => {
-            let (name, text) = wire::parse_message(payload)?;
-            RoomEvent::Message { name, text }
+        EventKind::Join { conn, payload } => {
+            wire::parse_name(payload).map(|name| RoomEvent::Join { name, id: conn })
         }
-        EventKind::Members => RoomEvent::Members,
+        EventKind::Leave { payload, .. } => {
+            wire::parse_name(payload).map(|name| RoomEvent::Leave { name })
+        }
+        EventKind::Message { payload, .. } => {
+            wire::parse_message(payload).map(|(name, text)| RoomEvent::Message { name, text })
+        }
+        EventKind::Members => Some(RoomEvent::Members),
+    };
+    let Some(event) = event else {
+        // Another program wrote to the room's Redis channel, or a node
+        // runs an incompatible version.
+        tracing::warn!(
+            room,
+            "chat: dropped a room event whose payload does not parse"
+        );
+        return None;
     };
     Some(Frame::text(&render(room, &event, ev.seq, ev.members)))
 }
